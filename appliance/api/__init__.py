@@ -1,0 +1,1 @@
+"""HTTP routes, thin: parse the request, call the domain, shape the answer."""

@@ -1,0 +1,48 @@
+"""Dependencies every route can ask for by name (``box``, ``user``) and the app-wide guard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.handlers.base import BaseRouteHandler
+
+from appliance.box import Box
+from appliance.errors import Forbidden, Unauthenticated
+from appliance.people import User, user_for_token
+from appliance.permissions import PUBLIC_PREFIXES, allowed
+
+
+def provide_box(state: State) -> Box:
+    box: Box = state.box
+    return box
+
+
+def provide_user(connection: ASGIConnection[Any, Any, Any, Any]) -> User:
+    user: User = connection.state.user
+    return user
+
+
+def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("log in first and send the token as 'Authorization: Bearer <token>'")
+    return token.strip()
+
+
+def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """Deny by default: a route passes only if it is public or the user's role holds its permission."""
+    if handler.opt.get("public") or connection.scope["path"].startswith(PUBLIC_PREFIXES):
+        return
+    permission = handler.opt.get("permission")
+    if not isinstance(permission, str):
+        raise Forbidden("this route declares no permission, so nobody may use it")
+    box: Box = connection.app.state.box
+    user = user_for_token(box.db.read(), bearer_token(connection))
+    if not allowed(permission, user.role):
+        raise Forbidden(
+            f"a {user.role} may not do this ({permission})",
+            details={"permission": permission, "role": user.role},
+        )
+    connection.state.user = user

@@ -1,0 +1,40 @@
+"""People and roles (admin)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request, get, post
+from litestar.datastructures import State
+from litestar.handlers import HTTPRouteHandler
+
+from appliance import people
+from appliance.box import Box
+from appliance.people import Passwords
+
+
+class NewUser(msgspec.Struct, forbid_unknown_fields=True):
+    username: str
+    role: str
+    password: str
+    display_name: str = ""
+
+
+@get("/api/users", opt={"permission": "users.read"}, sync_to_thread=True)
+def list_users(box: Box) -> list[dict[str, Any]]:
+    return people.list_users(box.db.read())
+
+
+@post("/api/users", opt={"permission": "users.write"}, sync_to_thread=True, status_code=201)
+def add_user(data: NewUser, box: Box, request: Request[Any, Any, State]) -> dict[str, Any]:
+    username = people.check_new_user(data.username, data.role, data.password)
+    passwords: Passwords = request.app.state.passwords
+    password_hash = passwords.hash(data.password)
+    user = box.db.write(
+        lambda conn: people.add_user(conn, box.log, username, data.display_name, data.role, password_hash)
+    )
+    return user.to_dict()
+
+
+ROUTES: list[HTTPRouteHandler] = [list_users, add_user]

@@ -1,0 +1,101 @@
+"""The Litestar application: routes, the one guard, the one error mapping, dependencies."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Litestar, Request, Response
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers import HTTPRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.types import ControllerRouterHandler
+
+from appliance import __version__
+from appliance.api import health, layout, products, session, users
+from appliance.api import log as log_api
+from appliance.api.deps import authorize, provide_box, provide_user
+from appliance.box import Box
+from appliance.errors import StockVerifyError
+from appliance.people import LoginThrottle, Passwords
+from web import routes as web_routes
+
+log = logging.getLogger(__name__)
+
+API_ROUTES: list[HTTPRouteHandler] = [
+    *health.ROUTES,
+    *session.ROUTES,
+    *users.ROUTES,
+    *layout.ROUTES,
+    *products.ROUTES,
+    *log_api.ROUTES,
+]
+
+_HTTP_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHENTICATED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    429: "RATE_LIMITED",
+}
+
+
+def _error_response(_: Request[Any, Any, State], exc: Exception) -> Response[dict[str, Any]]:
+    """Every error leaves the box as ``{code, message, details}`` with a stable code."""
+    if isinstance(exc, StockVerifyError):
+        return Response(exc.to_dict(), status_code=exc.status)
+    if isinstance(exc, ValidationException):
+        body = {"code": "VALIDATION", "message": exc.detail, "details": exc.extra}
+        return Response(body, status_code=400)
+    if isinstance(exc, HTTPException):
+        code = _HTTP_CODES.get(exc.status_code, f"HTTP_{exc.status_code}")
+        return Response(
+            {"code": code, "message": exc.detail, "details": exc.extra or None},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+    log.exception("unhandled error", exc_info=exc)
+    body = {"code": "INTERNAL", "message": "the box hit an internal error; see its log", "details": None}
+    return Response(body, status_code=500)
+
+
+def _check_declared(routes: list[HTTPRouteHandler]) -> None:
+    missing = [
+        f"{sorted(handler.http_methods)} {sorted(handler.paths)}"
+        for handler in routes
+        if not handler.opt.get("public") and "permission" not in handler.opt
+    ]
+    if missing:
+        raise RuntimeError(f"routes without a declared permission: {missing}")
+
+
+def create_app(box: Box) -> Litestar:
+    _check_declared(API_ROUTES)
+    routes: list[ControllerRouterHandler] = [*API_ROUTES, *web_routes.ROUTES]
+    settings = box.settings
+    state = State(
+        {
+            "box": box,
+            "passwords": Passwords(settings.password_memory_kib, settings.password_time_cost),
+            "login_throttle": LoginThrottle(settings.login_attempts_per_minute),
+        }
+    )
+    return Litestar(
+        route_handlers=routes,
+        state=state,
+        guards=[authorize],
+        dependencies={
+            "box": Provide(provide_box, sync_to_thread=False),
+            "user": Provide(provide_user, sync_to_thread=False),
+        },
+        exception_handlers={Exception: _error_response},
+        openapi_config=OpenAPIConfig(title="StockVerify Edge", version=__version__),
+        request_max_body_size=settings.max_request_bytes,
+        on_shutdown=[box.close],
+        debug=False,
+    )

@@ -1,0 +1,98 @@
+"""Opening a box: the data dir, the schema, the node key and identity, the event log.
+
+``open_box`` is what ``serve`` and every CLI command call, so a first start on an empty data dir and
+the hundredth start on a full one go through the same steps: migrate, load or make the key, load or
+create the node (appending the box's first events), and hand back one ``Box`` holding it all.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+# Importing the domain modules registers their projectors with the event log.
+from appliance import layout, people, products  # noqa: F401
+from appliance.db import Database, connect
+from appliance.errors import Unavailable
+from appliance.eventlog import EventLog, enroll_writer, new_id
+from appliance.identity import Node, insert_node, load_or_create_key, public_bytes, read_node
+from appliance.migrations import migrate
+from appliance.settings import Settings
+from replication.hlc import HybridClock
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Box:
+    settings: Settings
+    db: Database
+    node: Node
+    log: EventLog
+    created: bool  # True when this start made the store
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _last_hlc(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT max(hlc) FROM events").fetchone()
+    return int(row[0] or 0)
+
+
+def open_box(settings: Settings) -> Box:
+    data_dir: Path = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    conn = connect(settings.db_path)
+    try:
+        migrate(conn)
+        key, key_made = load_or_create_key(settings.keys_dir)
+        row = read_node(conn)
+        last_hlc = _last_hlc(conn)
+    finally:
+        conn.close()
+
+    created = row is None
+    if row is not None:
+        if key_made:
+            raise Unavailable(
+                f"{settings.keys_dir / 'node.key'} was missing for an existing store; a new key was "
+                "written but cannot sign this store's chain: restore the key from the backup"
+            )
+        node = Node(node_id=row["node_id"], store_id=row["store_id"], role=row["role"], key=key)
+        if node.store_id != settings.store_id:
+            log.warning(
+                "data dir belongs to another store id than the settings; the data dir wins",
+                extra={"data_store_id": node.store_id, "setting_store_id": settings.store_id},
+            )
+    else:
+        node = Node(node_id=new_id(), store_id=settings.store_id, role=settings.role, key=key)
+
+    db = Database(settings.db_path)
+    event_log = EventLog(node.node_id, key, HybridClock(last_hlc))
+    db.add_job_hook(event_log.sign_head)
+    box = Box(settings=settings, db=db, node=node, log=event_log, created=created)
+
+    if created:
+
+        def create_store(conn: sqlite3.Connection) -> None:
+            insert_node(conn, node.node_id, node.store_id, node.role)
+            enroll_writer(conn, node.node_id, "box", node.store_id, f"box {node.node_id}", node.public_key)
+            event_log.record(
+                conn,
+                "writer.enrolled",
+                {
+                    "writer_id": node.node_id,
+                    "kind": "box",
+                    "store_id": node.store_id,
+                    "name": f"box {node.node_id}",
+                    "public_key": public_bytes(key),
+                },
+            )
+            event_log.record(conn, "store.created", {"store_id": node.store_id, "name": settings.store_name})
+
+        db.write(create_store)
+        log.info("store created", extra={"store_id": node.store_id, "node_id": node.node_id})
+    return box

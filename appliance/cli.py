@@ -1,0 +1,187 @@
+"""``stockverify``: the one command line for the box (serve, users, products, doctor, rebuild)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from appliance.logs import configure_logging
+from appliance.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("stockverify")
+
+DEMO_STORE_ID = "demo-store"
+DEMO_STORE_NAME = "Demo Store"
+
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="the box's data folder"
+)
+config_option = click.option(
+    "--config", type=click.Path(dir_okay=False, path_type=Path), default=None, help="a TOML settings file"
+)
+
+
+def _settings(config: Path | None, **flags: Any) -> Settings:
+    try:
+        return load_settings(flags, config_file=config)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+@click.version_option(package_name="stockverify-edge")
+def main() -> None:
+    """StockVerify Edge: the store box for offline inventory counts."""
+
+
+@main.command()
+@data_dir_option
+@config_option
+@click.option("--host", default=None, help="address to listen on")
+@click.option("--port", type=int, default=None, help="TCP port")
+@click.option("--role", type=click.Choice(["box", "hq"]), default=None)
+@click.option("--demo", is_flag=True, default=None, help="create the demo store on first start")
+def serve(config: Path | None, **flags: Any) -> None:
+    """Run the box's server."""
+    import uvicorn
+
+    from appliance.app import create_app
+    from appliance.box import open_box
+
+    if flags.get("demo"):
+        flags.update(store_id=DEMO_STORE_ID, store_name=DEMO_STORE_NAME)
+    settings = _settings(config, **flags)
+    configure_logging(settings.log_level)
+    box = open_box(settings)
+    if settings.demo:
+        from appliance.demo import seed_demo
+
+        seed_demo(box)
+    log.info(
+        "box starting",
+        extra={
+            "node_id": box.node.node_id,
+            "store_id": box.node.store_id,
+            "host": settings.host,
+            "port": settings.port,
+            "data_dir": str(settings.data_dir),
+        },
+    )
+    uvicorn.run(
+        create_app(box),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@main.group()
+def user() -> None:
+    """Manage the people who use the box."""
+
+
+@user.command("add")
+@data_dir_option
+@config_option
+@click.argument("username")
+@click.option("--role", type=click.Choice(["verifier", "supervisor", "admin", "auditor"]), required=True)
+@click.option("--name", "display_name", default="", help="the name people see")
+@click.password_option("--password", help="at least 8 characters")
+def user_add(
+    config: Path | None, data_dir: Path | None, username: str, role: str, display_name: str, password: str
+) -> None:
+    """Add a user with a role."""
+    from appliance import people
+    from appliance.box import open_box
+    from appliance.errors import StockVerifyError
+
+    settings = _settings(config, data_dir=data_dir)
+    box = open_box(settings)
+    try:
+        name = people.check_new_user(username, role, password)
+        password_hash = people.Passwords(settings.password_memory_kib, settings.password_time_cost).hash(
+            password
+        )
+        made = box.db.write(
+            lambda conn: people.add_user(conn, box.log, name, display_name, role, password_hash)
+        )
+    except StockVerifyError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from None
+    finally:
+        box.close()
+    click.echo(f"added {made.username} ({made.role}) as {made.user_id}")
+
+
+@main.group()
+def products() -> None:
+    """The product master."""
+
+
+@products.command("import")
+@data_dir_option
+@config_option
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="check the file and show its errors; import nothing")
+def products_import(config: Path | None, data_dir: Path | None, file: Path, dry_run: bool) -> None:
+    """Import products from a CSV or XLSX file, all rows or none."""
+    from appliance import products as catalog
+    from appliance.box import open_box
+    from appliance.errors import StockVerifyError
+
+    settings = _settings(config, data_dir=data_dir)
+    box = open_box(settings)
+    try:
+        plan = catalog.parse_file(file.read_bytes(), file.name)
+        if dry_run or plan.errors:
+            click.echo(json.dumps(plan.preview(), indent=2))
+            if plan.errors:
+                sys.exit(1)
+            return
+        result = box.db.write(lambda conn: catalog.commit(conn, box.log, plan))
+    except StockVerifyError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from None
+    finally:
+        box.close()
+    click.echo(json.dumps(result, indent=2))
+
+
+@main.command()
+@data_dir_option
+@config_option
+def rebuild(config: Path | None, data_dir: Path | None) -> None:
+    """Drop every projection and refold it from the event log."""
+    from appliance import eventlog
+    from appliance.box import open_box
+
+    box = open_box(_settings(config, data_dir=data_dir))
+    try:
+        count = box.db.write(eventlog.rebuild)
+    finally:
+        box.close()
+    click.echo(f"rebuilt projections from {count} events")
+
+
+@main.command()
+@data_dir_option
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def doctor(config: Path | None, data_dir: Path | None, as_json: bool) -> None:
+    """Check the box: database integrity, schema version, disk space, the box's own chain."""
+    from provisioning.doctor import run_checks
+
+    settings = _settings(config, data_dir=data_dir)
+    checks = run_checks(settings)
+    if as_json:
+        click.echo(json.dumps([c.to_dict() for c in checks], indent=2))
+    else:
+        for check in checks:
+            click.echo(f"[{check.status.upper():4}] {check.name}: {check.detail}")
+    if any(c.status == "fail" for c in checks):
+        sys.exit(1)

@@ -1,0 +1,191 @@
+"""SQLite access: one writer thread with group commit, and a reader connection per thread.
+
+SQLite allows one writer at a time. Rather than let request threads fight over the write lock, every
+write is a *job* (a function of a connection) handed to a single writer thread. The thread takes every
+job that is waiting, runs each inside its own SAVEPOINT of one ``BEGIN IMMEDIATE`` transaction and
+commits once: many devices' batches share one fsync, which is what keeps a slow SD card from capping
+throughput. A job's caller is answered only after that COMMIT returned, so an acknowledgement always
+means "on disk" (WAL with ``synchronous=FULL``). A job that raises is rolled back to its savepoint
+alone; the others in the group still commit.
+
+Reads go through per-thread connections that never write (``query_only``); in WAL mode they read the
+last committed state without blocking the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Job = Callable[[sqlite3.Connection], Any]
+JobHook = Callable[[sqlite3.Connection], None]
+
+BUSY_TIMEOUT_MS = 10_000
+MAX_GROUP = 256  # jobs folded into one commit at most
+
+
+def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open a connection with the pragmas every connection of the box needs."""
+    conn = sqlite3.connect(
+        str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+    )
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if readonly:
+        conn.execute("PRAGMA query_only = ON")
+    else:
+        conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: the WAL is fsynced at every commit, so a committed scan survives power loss.
+        conn.execute("PRAGMA synchronous = FULL")
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` on a connection the caller owns (migrations, CLI tools)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+class _Stop:
+    pass
+
+
+class Database:
+    """The box's database file: ``write`` for changes (through the writer thread), ``read`` for queries."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[tuple[Job, Future[Any]] | _Stop] = queue.SimpleQueue()
+        self._job_hooks: list[JobHook] = []
+        self._commit_hooks: list[Callable[[], None]] = []
+        self._writer_conn = connect(path)
+        self._thread = threading.Thread(target=self._run_writer, name="sqlite-writer", daemon=True)
+        self._closed = False
+        self.commits = 0  # how many COMMITs the writer made; lets tests and benches see group commit
+        self._thread.start()
+
+    # -- configuration -------------------------------------------------------------------------
+    def add_job_hook(self, hook: JobHook) -> None:
+        """Run ``hook`` inside every job's savepoint after the job succeeded (e.g. sign a chain head)."""
+        self._job_hooks.append(hook)
+
+    def add_commit_hook(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` on the writer thread after every successful COMMIT (e.g. wake live listeners)."""
+        self._commit_hooks.append(hook)
+
+    # -- reading -------------------------------------------------------------------------------
+    def read(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, readonly=True)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    # -- writing -------------------------------------------------------------------------------
+    def submit(self, job: Callable[[sqlite3.Connection], T]) -> Future[T]:
+        if self._closed:
+            raise RuntimeError("database is closed")
+        future: Future[T] = Future()
+        self._jobs.put((job, future))
+        return future
+
+    def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``job`` in the writer's transaction; return once its COMMIT is on disk."""
+        return self.submit(job).result()
+
+    async def awrite(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.wrap_future(self.submit(job))
+
+    def _run_writer(self) -> None:
+        conn = self._writer_conn
+        while True:
+            first = self._jobs.get()
+            if isinstance(first, _Stop):
+                return
+            group = [first]
+            stop_after = False
+            while len(group) < MAX_GROUP:
+                try:
+                    item = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, _Stop):
+                    stop_after = True
+                    break
+                group.append(item)
+            self._run_group(conn, group)
+            if stop_after:
+                return
+
+    def _run_group(self, conn: sqlite3.Connection, group: list[tuple[Job, Future[Any]]]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job, _future in group:
+                conn.execute("SAVEPOINT job")
+                try:
+                    result = job(conn)
+                    for hook in self._job_hooks:
+                        hook(conn)
+                except BaseException as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((False, exc))
+                else:
+                    conn.execute("RELEASE job")
+                    outcomes.append((True, result))
+            conn.execute("COMMIT")
+            self.commits += 1
+        except BaseException as exc:  # the commit itself failed: nothing of the group is on disk
+            log.exception("write transaction failed; %d jobs rolled back", len(group))
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for _job, future in group:
+                future.set_exception(exc)
+            return
+        for notify in self._commit_hooks:
+            try:
+                notify()
+            except Exception:
+                log.exception("commit hook failed")
+        for (_job, future), (ok, value) in zip(group, outcomes, strict=True):
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._jobs.put(_Stop())
+        self._thread.join()
+        self._writer_conn.close()
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()

@@ -1,0 +1,36 @@
+"""Who may do what: every permission and the roles that hold it, declared in one table.
+
+Every route names the permission it needs (``opt={"permission": ...}``) or says it is public
+(``opt={"public": True}``). The app-wide guard denies any route that does neither, and ``create_app``
+refuses to start if such a route exists, so a forgotten declaration can never become an open door.
+"""
+
+from __future__ import annotations
+
+ROLES = ("verifier", "supervisor", "admin", "auditor")
+
+# Paths open to anyone without a route-level declaration: the OpenAPI schema Litestar serves.
+PUBLIC_PREFIXES = ("/schema",)
+
+_ALL = frozenset(ROLES)
+_MANAGERS = frozenset({"supervisor", "admin"})
+_OVERSIGHT = frozenset({"supervisor", "admin", "auditor"})
+
+PERMISSIONS: dict[str, frozenset[str]] = {
+    # Everyone who can log in.
+    "session.me": _ALL,
+    "layout.read": _ALL,
+    "products.read": _ALL,
+    # Expected on-hand quantities are never shown to verifiers (blind counting).
+    "products.read_expected": _OVERSIGHT,
+    "products.import": _MANAGERS,
+    "layout.write": frozenset({"admin"}),
+    "users.read": frozenset({"admin", "auditor"}),
+    "users.write": frozenset({"admin"}),
+    # The raw log and chain verification: for audit and for diagnosis.
+    "log.read": frozenset({"admin", "auditor"}),
+}
+
+
+def allowed(permission: str, role: str) -> bool:
+    return role in PERMISSIONS.get(permission, frozenset())

@@ -1,0 +1,1 @@
+"""The field tech's tools: provisioning, enrolment, backup and restore, diagnosis."""

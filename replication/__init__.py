@@ -1,0 +1,1 @@
+"""Moving data between replicas: the event codec, clocks, version vectors, outbox and transport."""

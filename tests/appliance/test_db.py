@@ -1,0 +1,66 @@
+"""The writer thread: group commit, per-job rollback, answers only after COMMIT."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from appliance.db import Database, connect
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    conn = connect(tmp_path / "t.db")
+    conn.execute("CREATE TABLE t (n INTEGER PRIMARY KEY)")
+    conn.close()
+    database = Database(tmp_path / "t.db")
+    yield database  # type: ignore[misc]
+    database.close()
+
+
+def test_connections_use_wal_full_sync_and_foreign_keys(db: Database) -> None:
+    conn = db.read()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert db.write(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 2  # FULL
+
+
+def test_failing_job_rolls_back_alone(db: Database) -> None:
+    gate = threading.Event()
+    db.submit(lambda c: gate.wait(5))  # hold the writer so the next jobs form one group
+    ok = db.submit(lambda c: c.execute("INSERT INTO t VALUES (1)"))
+    bad = db.submit(lambda c: (c.execute("INSERT INTO t VALUES (2)"), c.execute("INSERT INTO t VALUES (1)")))
+    also_ok = db.submit(lambda c: c.execute("INSERT INTO t VALUES (3)"))
+    gate.set()
+    ok.result(5)
+    also_ok.result(5)
+    with pytest.raises(sqlite3.IntegrityError):
+        bad.result(5)
+    assert [r[0] for r in db.read().execute("SELECT n FROM t ORDER BY n")] == [1, 3]
+
+
+def test_concurrent_writes_share_commits(db: Database) -> None:
+    gate = threading.Event()
+    db.submit(lambda c: gate.wait(5))
+    futures = [db.submit(lambda c, n=n: c.execute("INSERT INTO t VALUES (?)", (n,))) for n in range(100)]
+    commits_before = db.commits
+    gate.set()
+    for future in futures:
+        future.result(5)
+    assert db.read().execute("SELECT count(*) FROM t").fetchone()[0] == 100
+    assert db.commits - commits_before <= 2  # 101 jobs, at most two fsyncs
+
+
+def test_answer_comes_after_commit_is_visible(db: Database) -> None:
+    db.write(lambda c: c.execute("INSERT INTO t VALUES (7)"))
+    other = sqlite3.connect(db.path)
+    assert other.execute("SELECT n FROM t").fetchall() == [(7,)]
+    other.close()
+
+
+def test_readers_cannot_write(db: Database) -> None:
+    with pytest.raises(sqlite3.OperationalError):
+        db.read().execute("INSERT INTO t VALUES (9)")

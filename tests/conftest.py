@@ -1,0 +1,136 @@
+"""Fixtures that build real things: a box on disk, a server process on a loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from appliance.box import Box, open_box
+from appliance.settings import Settings, load_settings
+
+# Cheap password hashing in tests: the cost is a setting, the algorithm is the same.
+FAST_PASSWORDS = {"password_memory_kib": 1024, "password_time_cost": 1}
+FAST_PASSWORD_ENV = {"STOCKVERIFY_PASSWORD_MEMORY_KIB": "1024", "STOCKVERIFY_PASSWORD_TIME_COST": "1"}
+
+DEMO_PASSWORDS = {
+    "admin": "admin-demo",
+    "supervisor": "supervisor-demo",
+    "verifier": "verifier-demo",
+    "auditor": "auditor-demo",
+}
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    return load_settings({"data_dir": data_dir, **FAST_PASSWORDS, **overrides}, environ={})
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "box")
+
+
+@pytest.fixture
+def box(settings: Settings) -> Iterator[Box]:
+    opened = open_box(settings)
+    yield opened
+    opened.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """``stockverify serve`` in a real process on a loopback port."""
+
+    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "appliance",
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **FAST_PASSWORD_ENV, **(env or {})},
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        """Poll ``/api/health``; return seconds until it answered 200."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/api/health", timeout=1.0).status_code == 200:
+                    return time.monotonic() - start
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready after {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30.0)
+
+    def login(self, username: str, password: str) -> str:
+        answer = httpx.post(self.url + "/api/auth/login", json={"username": username, "password": password})
+        assert answer.status_code == 200, answer.text
+        token: str = answer.json()["token"]
+        return token
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One demo store for the whole run: 6 floors, 300 racks, 5,000 products, a user per role."""
+    server = ServerProcess(tmp_path_factory.mktemp("demo") / "box", "--demo")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_tokens(demo_server: ServerProcess) -> dict[str, str]:
+    return {role: demo_server.login(role, password) for role, password in DEMO_PASSWORDS.items()}
