@@ -14,7 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
 
 from appliance import __version__
-from appliance.api import health, layout, products, session, users
+from appliance.api import conflicts, health, layout, products, runs, session, sessions, users
 from appliance.api import log as log_api
 from appliance.api.deps import authorize, provide_box, provide_user
 from appliance.box import Box
@@ -30,6 +30,9 @@ API_ROUTES: list[HTTPRouteHandler] = [
     *users.ROUTES,
     *layout.ROUTES,
     *products.ROUTES,
+    *runs.ROUTES,
+    *sessions.ROUTES,
+    *conflicts.ROUTES,
     *log_api.ROUTES,
 ]
 
@@ -97,5 +100,6 @@ def create_app(box: Box) -> Litestar:
         openapi_config=OpenAPIConfig(title="StockVerify Edge", version=__version__),
         request_max_body_size=settings.max_request_bytes,
         on_shutdown=[box.close],
+        logging_config=None,  # the CLI's key=value formatter stays in charge
         debug=False,
     )

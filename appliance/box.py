@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Importing the domain modules registers their projectors with the event log.
-from appliance import layout, people, products  # noqa: F401
+from appliance import counting, layout, people, products  # noqa: F401
 from appliance.db import Database, connect
 from appliance.errors import Unavailable
 from appliance.eventlog import EventLog, enroll_writer, new_id

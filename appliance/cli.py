@@ -106,12 +106,8 @@ def user_add(
     box = open_box(settings)
     try:
         name = people.check_new_user(username, role, password)
-        password_hash = people.Passwords(settings.password_memory_kib, settings.password_time_cost).hash(
-            password
-        )
-        made = box.db.write(
-            lambda conn: people.add_user(conn, box.log, name, display_name, role, password_hash)
-        )
+        password_hash = people.Passwords(settings.password_memory_kib, settings.password_time_cost).hash(password)
+        made = box.db.write(lambda conn: people.add_user(conn, box.log, name, display_name, role, password_hash))
     except StockVerifyError as exc:
         raise click.ClickException(f"{exc.code}: {exc.message}") from None
     finally:

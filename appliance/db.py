@@ -37,9 +37,7 @@ MAX_GROUP = 256  # jobs folded into one commit at most
 
 def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
     """Open a connection with the pragmas every connection of the box needs."""
-    conn = sqlite3.connect(
-        str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
-    )
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys = ON")

@@ -32,17 +32,19 @@ from replication.hlc import HybridClock, wall_ms
 log = logging.getLogger(__name__)
 
 Projector = Callable[[sqlite3.Connection, Event], None]
-_PROJECTORS: dict[str, Projector] = {}
+_PROJECTORS: dict[str, list[Projector]] = {}
 _PROJECTION_TABLES: list[str] = []
 
 
 def projector(event_type: str) -> Callable[[Projector], Projector]:
-    """Register the fold of one event type into the projections."""
+    """Register a fold of one event type into the projections.
+
+    A type may have several folds (each module keeps its own tables); they run in the order the
+    modules were imported, which ``appliance.box`` fixes.
+    """
 
     def register(fn: Projector) -> Projector:
-        if event_type in _PROJECTORS:
-            raise RuntimeError(f"two projectors for {event_type!r}")
-        _PROJECTORS[event_type] = fn
+        _PROJECTORS.setdefault(event_type, []).append(fn)
         return fn
 
     return register
@@ -59,8 +61,7 @@ def projection_tables(*tables: str) -> None:
 
 
 def apply(conn: sqlite3.Connection, event: Event) -> None:
-    fold = _PROJECTORS.get(event.type)
-    if fold is not None:
+    for fold in _PROJECTORS.get(event.type, ()):
         fold(conn, event)
 
 
@@ -178,8 +179,7 @@ class EventLog:
         ).fetchone()
         signature = sign_chain_head(self._key, self.box_writer_id, head["head_seq"], head["head_hash"])
         conn.execute(
-            "INSERT OR REPLACE INTO chain_heads (writer_id, seq, hash, signature, signed_at)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO chain_heads (writer_id, seq, hash, signature, signed_at) VALUES (?, ?, ?, ?, ?)",
             (self.box_writer_id, head["head_seq"], head["head_hash"], signature, wall_ms()),
         )
         self._unsigned = False
@@ -256,9 +256,7 @@ def verify_writer_chain(conn: sqlite3.Connection, writer_id: str) -> ChainReport
         ).fetchone()
         if stored is None or stored["hash"] != signed["hash"]:
             problems.append(f"signed head {signed_seq} does not match the stored event")
-        elif not verify_chain_head(
-            writer["public_key"], writer_id, signed_seq, signed["hash"], signed["signature"]
-        ):
+        elif not verify_chain_head(writer["public_key"], writer_id, signed_seq, signed["hash"], signed["signature"]):
             problems.append(f"signature on head {signed_seq} does not verify with the writer's key")
     elif count:
         problems.append("no signed chain head")

@@ -38,12 +38,8 @@ def add_floor(
     return payload
 
 
-def add_rack(
-    conn: sqlite3.Connection, log: EventLog, floor_code: str, code: str, name: str = ""
-) -> dict[str, Any]:
-    floor = conn.execute(
-        "SELECT floor_id FROM floors WHERE code = ?", (floor_code.strip().upper(),)
-    ).fetchone()
+def add_rack(conn: sqlite3.Connection, log: EventLog, floor_code: str, code: str, name: str = "") -> dict[str, Any]:
+    floor = conn.execute("SELECT floor_id FROM floors WHERE code = ?", (floor_code.strip().upper(),)).fetchone()
     if floor is None:
         raise NotFound(f"floor {floor_code} does not exist", code="FLOOR_NOT_FOUND")
     code = _code(code, "rack")

@@ -161,18 +161,217 @@ def m002_login_tokens(conn: sqlite3.Connection) -> None:
     )
 
 
+def m003_counting(conn: sqlite3.Connection) -> None:
+    # Counting state is stored as CRDT rows (DESIGN §4) so that folding the same events in any order,
+    # or merging another replica's rows, gives the same tables. Rollups are queries, never tables.
+    run_script(
+        conn,
+        """
+        -- Folds may see a run's events in any order across writers (a status change replicated before
+        -- the creation), so every column has a neutral default and each fold only moves it forward.
+        CREATE TABLE runs (
+            run_id         TEXT PRIMARY KEY,
+            kind           TEXT CHECK (kind IN ('hard', 'directed')),
+            created_by     TEXT,
+            created_hlc    INTEGER,
+            name           TEXT NOT NULL DEFAULT '',
+            notes          TEXT NOT NULL DEFAULT '',
+            planned_start  TEXT,
+            header_hlc     INTEGER NOT NULL DEFAULT 0,
+            header_writer  TEXT NOT NULL DEFAULT '',
+            status         TEXT NOT NULL DEFAULT 'PLANNED',
+            status_rank    INTEGER NOT NULL DEFAULT 0,
+            status_reason  TEXT NOT NULL DEFAULT '',
+            status_by      TEXT NOT NULL DEFAULT '',
+            status_hlc     INTEGER NOT NULL DEFAULT 0
+        ) STRICT;
+
+        -- What a directed run covers (grow-only sets).
+        CREATE TABLE run_products (
+            run_id      TEXT NOT NULL,
+            product_id  TEXT NOT NULL,
+            PRIMARY KEY (run_id, product_id)
+        ) STRICT, WITHOUT ROWID;
+        CREATE TABLE run_racks (
+            run_id   TEXT NOT NULL,
+            rack_id  TEXT NOT NULL,
+            PRIMARY KEY (run_id, rack_id)
+        ) STRICT, WITHOUT ROWID;
+
+        -- Expected on-hand quantities frozen when the run started (S in the variance).
+        CREATE TABLE run_expected (
+            run_id        TEXT NOT NULL,
+            product_id    TEXT NOT NULL,
+            expected_qty  INTEGER NOT NULL,
+            PRIMARY KEY (run_id, product_id)
+        ) STRICT, WITHOUT ROWID;
+
+        CREATE TABLE sessions (
+            session_id       TEXT PRIMARY KEY,
+            run_id           TEXT,
+            kind             TEXT CHECK (kind IN ('count', 'recount')),
+            created_by       TEXT,
+            created_hlc      INTEGER,
+            verifier_id      TEXT,
+            device_id        TEXT,
+            assign_hlc       INTEGER NOT NULL DEFAULT 0,
+            assign_writer    TEXT NOT NULL DEFAULT '',
+            status           TEXT NOT NULL DEFAULT 'CREATED',
+            status_round     INTEGER NOT NULL DEFAULT 0,
+            status_rank      INTEGER NOT NULL DEFAULT 0,
+            status_reason    TEXT NOT NULL DEFAULT '',
+            status_by        TEXT NOT NULL DEFAULT '',
+            status_hlc       INTEGER NOT NULL DEFAULT 0
+        ) STRICT;
+        CREATE INDEX sessions_by_run ON sessions (run_id);
+        CREATE INDEX sessions_by_verifier ON sessions (verifier_id, status_rank);
+
+        CREATE TABLE session_racks (
+            session_id  TEXT NOT NULL,
+            rack_id     TEXT NOT NULL,
+            PRIMARY KEY (session_id, rack_id)
+        ) STRICT, WITHOUT ROWID;
+        -- A recount session's products (empty for an ordinary count session).
+        CREATE TABLE session_products (
+            session_id  TEXT NOT NULL,
+            product_id  TEXT NOT NULL,
+            PRIMARY KEY (session_id, product_id)
+        ) STRICT, WITHOUT ROWID;
+
+        -- Quantity: a PN-counter per (session, rack, scanned code) with one entry per writer.
+        -- Codes are kept as scanned and resolved to products through scan_codes, so a code mapped
+        -- or imported later re-resolves every count made with it.
+        CREATE TABLE scan_counts (
+            session_id  TEXT NOT NULL,
+            rack_id     TEXT NOT NULL,
+            code        TEXT NOT NULL,
+            writer_id   TEXT NOT NULL,
+            p           INTEGER NOT NULL DEFAULT 0,
+            n           INTEGER NOT NULL DEFAULT 0,
+            last_hlc    INTEGER NOT NULL,
+            PRIMARY KEY (session_id, rack_id, code, writer_id)
+        ) STRICT, WITHOUT ROWID;
+        CREATE INDEX scan_counts_by_code ON scan_counts (code);
+
+        -- Every code ever scanned and the product it resolves to now (NULL: unmatched).
+        CREATE TABLE scan_codes (
+            code        TEXT PRIMARY KEY,
+            product_id  TEXT,
+            matched_by  TEXT NOT NULL
+        ) STRICT;
+        CREATE INDEX scan_codes_by_product ON scan_codes (product_id);
+
+        -- Codes a supervisor mapped to a product (last writer wins).
+        CREATE TABLE code_mappings (
+            code        TEXT PRIMARY KEY,
+            product_id  TEXT NOT NULL,
+            hlc         INTEGER NOT NULL,
+            writer_id   TEXT NOT NULL
+        ) STRICT;
+
+        CREATE TABLE scan_undos (
+            undoes  TEXT PRIMARY KEY
+        ) STRICT;
+
+        -- Scans made while verifying a given product: the barcode-mismatch conflict reads these.
+        CREATE TABLE scan_claims (
+            event_id    TEXT PRIMARY KEY,
+            session_id  TEXT NOT NULL,
+            code        TEXT NOT NULL,
+            product_id  TEXT NOT NULL,
+            qty         INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX scan_claims_by_session ON scan_claims (session_id);
+
+        -- Damage quantity: PN-counter per (session, product) with one entry per writer.
+        CREATE TABLE damage_counts (
+            session_id  TEXT NOT NULL,
+            product_id  TEXT NOT NULL,
+            writer_id   TEXT NOT NULL,
+            p           INTEGER NOT NULL DEFAULT 0,
+            n           INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (session_id, product_id, writer_id)
+        ) STRICT, WITHOUT ROWID;
+
+        -- Item attributes (mfg_date, mrp_minor, uom, condition, category, status): LWW registers
+        -- ordered by (hlc, writer_id).
+        CREATE TABLE item_attrs (
+            session_id  TEXT NOT NULL,
+            product_id  TEXT NOT NULL,
+            name        TEXT NOT NULL,
+            value       ANY,
+            hlc         INTEGER NOT NULL,
+            writer_id   TEXT NOT NULL,
+            PRIMARY KEY (session_id, product_id, name)
+        ) STRICT, WITHOUT ROWID;
+
+        -- Serial numbers: add-wins observed-remove set; the tag of an add is its event id.
+        CREATE TABLE serial_adds (
+            tag         TEXT PRIMARY KEY,
+            session_id  TEXT NOT NULL,
+            product_id  TEXT NOT NULL,
+            serial      TEXT NOT NULL
+        ) STRICT;
+        CREATE INDEX serial_adds_by_item ON serial_adds (session_id, product_id);
+        CREATE INDEX serial_adds_by_serial ON serial_adds (serial);
+        CREATE TABLE serial_removes (
+            tag  TEXT PRIMARY KEY
+        ) STRICT;
+
+        CREATE TABLE photos (
+            session_id    TEXT NOT NULL,
+            product_id    TEXT NOT NULL,
+            sha256        TEXT NOT NULL,
+            content_type  TEXT NOT NULL,
+            size          INTEGER NOT NULL,
+            PRIMARY KEY (session_id, product_id, sha256)
+        ) STRICT, WITHOUT ROWID;
+
+        -- Supervisors' answers: conflict resolutions, variance decisions, tolerances (all LWW).
+        CREATE TABLE conflict_resolutions (
+            conflict_id  TEXT PRIMARY KEY,
+            action       TEXT NOT NULL,
+            reason       TEXT NOT NULL,
+            by_user      TEXT NOT NULL,
+            hlc          INTEGER NOT NULL,
+            writer_id    TEXT NOT NULL
+        ) STRICT;
+        CREATE TABLE variance_decisions (
+            run_id       TEXT NOT NULL,
+            product_id   TEXT NOT NULL,
+            decision     TEXT NOT NULL,
+            reason_code  TEXT NOT NULL,
+            note         TEXT NOT NULL,
+            by_user      TEXT NOT NULL,
+            at_ms        INTEGER NOT NULL,
+            hlc          INTEGER NOT NULL,
+            writer_id    TEXT NOT NULL,
+            PRIMARY KEY (run_id, product_id)
+        ) STRICT, WITHOUT ROWID;
+        CREATE TABLE tolerances (
+            scope      TEXT NOT NULL CHECK (scope IN ('store', 'floor', 'rack')),
+            scope_id   TEXT NOT NULL,
+            units      INTEGER NOT NULL,
+            pct_bp     INTEGER NOT NULL,  -- percent in basis points: 250 = 2.5 %
+            hlc        INTEGER NOT NULL,
+            writer_id  TEXT NOT NULL,
+            PRIMARY KEY (scope, scope_id)
+        ) STRICT, WITHOUT ROWID;
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, Migration]] = [
     (1, m001_foundation),
     (2, m002_login_tokens),
+    (3, m003_counting),
 ]
 
 LATEST = MIGRATIONS[-1][0]
 
 
 def current_version(conn: sqlite3.Connection) -> int:
-    exists = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
-    ).fetchone()
+    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone()
     if not exists:
         return 0
     row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()

@@ -72,9 +72,7 @@ def check_new_user(username: str, role: str, password: str) -> str:
     if role not in ROLES:
         raise ValidationFailed(f"role must be one of {', '.join(ROLES)}", details={"field": "role"})
     if len(password) < MIN_PASSWORD:
-        raise ValidationFailed(
-            f"password must be at least {MIN_PASSWORD} characters", details={"field": "password"}
-        )
+        raise ValidationFailed(f"password must be at least {MIN_PASSWORD} characters", details={"field": "password"})
     return name
 
 
@@ -111,8 +109,7 @@ def revoke_token(conn: sqlite3.Connection, token: str) -> None:
 def _user_added(conn: sqlite3.Connection, event: Event) -> None:
     p = event.payload
     conn.execute(
-        "INSERT OR IGNORE INTO users (user_id, username, display_name, role, password_hash)"
-        " VALUES (?, ?, ?, ?, ?)",
+        "INSERT OR IGNORE INTO users (user_id, username, display_name, role, password_hash) VALUES (?, ?, ?, ?, ?)",
         (p["user_id"], p["username"], p["display_name"], p["role"], p["password_hash"]),
     )
 
@@ -136,8 +133,7 @@ def user_for_token(conn: sqlite3.Connection, token: str) -> User:
 
 def find_login(conn: sqlite3.Connection, username: str) -> tuple[User | None, str | None]:
     row = conn.execute(
-        "SELECT user_id, username, display_name, role, password_hash FROM users"
-        " WHERE username = ? AND active = 1",
+        "SELECT user_id, username, display_name, role, password_hash FROM users WHERE username = ? AND active = 1",
         (username.strip(),),
     ).fetchone()
     if row is None:

@@ -29,6 +29,16 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "users.write": frozenset({"admin"}),
     # The raw log and chain verification: for audit and for diagnosis.
     "log.read": frozenset({"admin", "auditor"}),
+    # Counting. Verifiers see and change only their own sessions (checked in the domain).
+    "runs.read": _OVERSIGHT,
+    "runs.manage": _MANAGERS,
+    "sessions.read": _ALL,
+    "sessions.count": frozenset({"verifier", "supervisor", "admin"}),
+    "sessions.manage": _MANAGERS,
+    "conflicts.read": _OVERSIGHT,
+    "conflicts.resolve": _MANAGERS,
+    "codes.map": _MANAGERS,
+    "tolerances.write": _MANAGERS,
 }
 
 

@@ -70,14 +70,10 @@ def run_checks(settings: Settings) -> list[Check]:
         if node is None:
             checks.append(Check("node", "fail", "no store in this database yet"))
             return checks
-        checks.append(
-            Check("node", "ok", f"node {node['node_id']} of store {node['store_id']} ({node['role']})")
-        )
+        checks.append(Check("node", "ok", f"node {node['node_id']} of store {node['store_id']} ({node['role']})"))
 
         key_path = settings.keys_dir / KEY_FILE
-        writer = conn.execute(
-            "SELECT public_key FROM writers WHERE writer_id = ?", (node["node_id"],)
-        ).fetchone()
+        writer = conn.execute("SELECT public_key FROM writers WHERE writer_id = ?", (node["node_id"],)).fetchone()
         if not key_path.exists():
             checks.append(Check("node_key", "fail", f"{key_path} is missing; restore it from the backup"))
         else:

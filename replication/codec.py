@@ -115,13 +115,9 @@ def sign_chain_head(key: Ed25519PrivateKey, writer_id: str, seq: int, head_hash:
     return key.sign(chain_head_message(writer_id, seq, head_hash))
 
 
-def verify_chain_head(
-    public_key: bytes, writer_id: str, seq: int, head_hash: bytes, signature: bytes
-) -> bool:
+def verify_chain_head(public_key: bytes, writer_id: str, seq: int, head_hash: bytes, signature: bytes) -> bool:
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(
-            signature, chain_head_message(writer_id, seq, head_hash)
-        )
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, chain_head_message(writer_id, seq, head_hash))
     except (InvalidSignature, ValueError):
         return False
     return True

@@ -32,9 +32,7 @@ def physical_ms(hlc: int) -> int:
 
 
 class HybridClock:
-    def __init__(
-        self, last: int = 0, *, wall: Callable[[], int] = wall_ms, max_drift_ms: int = 5 * 60_000
-    ) -> None:
+    def __init__(self, last: int = 0, *, wall: Callable[[], int] = wall_ms, max_drift_ms: int = 5 * 60_000) -> None:
         self._last = last
         self._wall = wall
         self._max_drift_ms = max_drift_ms
@@ -55,8 +53,6 @@ class HybridClock:
         with self._lock:
             wall = self._wall()
             if physical_ms(remote) - wall > self._max_drift_ms:
-                raise ClockDriftError(
-                    f"timestamp is {physical_ms(remote) - wall} ms ahead of this box's clock"
-                )
+                raise ClockDriftError(f"timestamp is {physical_ms(remote) - wall} ms ahead of this box's clock")
             self._last = max(encode(wall, 0), self._last + 1, remote + 1)
             return self._last

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.handlers.base import BaseRouteHandler
 
 from appliance.box import Box
-from appliance.errors import Forbidden, Unauthenticated
+from appliance.errors import Forbidden, NotFound, Unauthenticated
 from appliance.people import User, user_for_token
 from appliance.permissions import PUBLIC_PREFIXES, allowed
 
@@ -19,8 +21,9 @@ def provide_box(state: State) -> Box:
     return box
 
 
-def provide_user(connection: ASGIConnection[Any, Any, Any, Any]) -> User:
-    user: User = connection.state.user
+def provide_user(request: Request[Any, Any, Any]) -> User:
+    """The user the guard authenticated for this request."""
+    user: User = request.state.user
     return user
 
 
@@ -46,3 +49,13 @@ def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRoute
             details={"permission": permission, "role": user.role},
         )
     connection.state.user = user
+
+
+def user_id_for(conn: sqlite3.Connection, who: str) -> str:
+    """Requests name people by username (or id); the domain speaks user ids."""
+    row = conn.execute(
+        "SELECT user_id FROM users WHERE username = ? COLLATE NOCASE OR user_id = ?", (who.strip(), who.strip())
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"user {who} does not exist", code="USER_NOT_FOUND")
+    return str(row[0])

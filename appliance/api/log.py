@@ -40,8 +40,7 @@ def _jsonable(value: Any) -> Any:
 def writers(box: Box) -> dict[str, Any]:
     conn = box.db.read()
     rows = conn.execute(
-        "SELECT writer_id, kind, store_id, name, status, head_seq, public_key"
-        " FROM writers ORDER BY created_at"
+        "SELECT writer_id, kind, store_id, name, status, head_seq, public_key FROM writers ORDER BY created_at"
     )
     return {
         "version_vector": eventlog.version_vector(conn),

@@ -40,9 +40,7 @@ def test_user_add_then_duplicate_is_refused(runner: CliRunner, tmp_path: Path) -
     assert short.exit_code == 1 and "at least 8" in short.output
     box = open_box(make_settings(tmp_path))
     try:
-        row = (
-            box.db.read().execute("SELECT role, password_hash FROM users WHERE username = 'meera'").fetchone()
-        )
+        row = box.db.read().execute("SELECT role, password_hash FROM users WHERE username = 'meera'").fetchone()
         assert row["role"] == "supervisor" and row["password_hash"].startswith("$argon2id$")
     finally:
         box.close()

@@ -26,9 +26,7 @@ def _add_layout(box: Box) -> None:
 def test_walk_the_box_chain(box: Box) -> None:
     _add_layout(box)
     conn = box.db.read()
-    rows = conn.execute(
-        "SELECT * FROM events WHERE writer_id = ? ORDER BY seq", (box.node.node_id,)
-    ).fetchall()
+    rows = conn.execute("SELECT * FROM events WHERE writer_id = ? ORDER BY seq", (box.node.node_id,)).fetchall()
     assert [row["seq"] for row in rows] == list(range(1, len(rows) + 1))
     previous = ZERO_HASH
     hlcs = []
@@ -43,9 +41,7 @@ def test_walk_the_box_chain(box: Box) -> None:
         "SELECT * FROM chain_heads WHERE writer_id = ? ORDER BY seq DESC LIMIT 1", (box.node.node_id,)
     ).fetchone()
     assert head["seq"] == rows[-1]["seq"] and head["hash"] == previous
-    assert verify_chain_head(
-        box.node.public_key, box.node.node_id, head["seq"], head["hash"], head["signature"]
-    )
+    assert verify_chain_head(box.node.public_key, box.node.node_id, head["seq"], head["hash"], head["signature"])
     assert version_vector(conn) == {box.node.node_id: len(rows)}
     assert verify_writer_chain(conn, box.node.node_id).ok
 
@@ -53,9 +49,7 @@ def test_walk_the_box_chain(box: Box) -> None:
 def test_altered_event_is_found(box: Box) -> None:
     _add_layout(box)
     raw = sqlite3.connect(box.settings.db_path)
-    raw.execute(
-        "UPDATE events SET type = 'floor.removed' WHERE writer_id = ? AND seq = 3", (box.node.node_id,)
-    )
+    raw.execute("UPDATE events SET type = 'floor.removed' WHERE writer_id = ? AND seq = 3", (box.node.node_id,))
     raw.commit()
     raw.close()
     report = verify_writer_chain(box.db.read(), box.node.node_id)
@@ -65,9 +59,7 @@ def test_altered_event_is_found(box: Box) -> None:
 
 def test_append_refuses_gap_replay_and_broken_chain(box: Box) -> None:
     conn = box.db.read()
-    head = conn.execute(
-        "SELECT head_seq, head_hash FROM writers WHERE writer_id = ?", (box.node.node_id,)
-    ).fetchone()
+    head = conn.execute("SELECT head_seq, head_hash FROM writers WHERE writer_id = ?", (box.node.node_id,)).fetchone()
 
     def attempt(seq: int, prev: bytes) -> None:
         event = Event(box.node.node_id, seq, f"01TEST{seq:020d}", "note", {}, box.log.clock.now(), prev)
@@ -91,8 +83,7 @@ def test_rebuild_refolds_the_same_projections(box: Box) -> None:
     def snapshot() -> tuple[list[tuple[object, ...]], ...]:
         conn = box.db.read()
         return tuple(
-            [tuple(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1")]
-            for t in ("stores", "floors", "racks")
+            [tuple(r) for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1")] for t in ("stores", "floors", "racks")
         )
 
     before = snapshot()

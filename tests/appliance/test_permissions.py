@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+import re
 from typing import Any
 
 import httpx
@@ -12,38 +12,14 @@ from appliance.app import API_ROUTES
 from appliance.permissions import PERMISSIONS, ROLES
 from tests.conftest import DEMO_PASSWORDS, ServerProcess
 
-_counter = itertools.count()
 
-
-def _sample(method: str, path: str, server: ServerProcess, admin: str) -> dict[str, Any]:
-    """A plausible request for each route, so that allowed roles reach the handler itself."""
-    unique = next(_counter)
-    samples: dict[tuple[str, str], dict[str, Any]] = {
-        ("GET", "/api/health"): {},
-        ("POST", "/api/auth/login"): {"json": {"username": "nobody", "password": "wrong-password"}},
-        ("POST", "/api/auth/logout"): {},
-        ("GET", "/api/auth/me"): {},
-        ("GET", "/api/users"): {},
-        ("POST", "/api/users"): {
-            "json": {"username": f"matrix{unique}", "role": "verifier", "password": "matrix-pass"}
-        },
-        ("GET", "/api/store"): {},
-        ("GET", "/api/floors"): {},
-        ("POST", "/api/floors"): {"json": {"code": f"MX{unique}", "name": "Matrix"}},
-        ("GET", "/api/racks"): {},
-        ("POST", "/api/racks"): {"json": {"floor": "G", "code": f"MX-{unique}"}},
-        ("GET", "/api/products"): {},
-        ("GET", "/api/products/resolve"): {"params": {"code": "not-a-code"}},
-        ("GET", "/api/products/{sku:str}"): {"path": {"sku": "NO-SUCH-SKU"}},
-        ("POST", "/api/products/import"): {
-            "content": b"sku,name\n",
-            "params": {"dry_run": "true", "filename": "p.csv"},
-        },
-        ("GET", "/api/writers"): {},
-        ("GET", "/api/writers/{writer_id:str}/events"): {"path": {"writer_id": "x"}},
-        ("GET", "/api/writers/{writer_id:str}/verify"): {"path": {"writer_id": "x"}},
-    }
-    return samples[(method, path)]
+def _request(method: str, path: str) -> dict[str, Any]:
+    """Any request reaches the guard, which runs before the body or the ids are looked at; with
+    ids that do not exist and an empty body, an allowed role gets 400/404/422, never 401/403."""
+    url = re.sub(r"\{[a-z_]+:str\}", "does-not-exist", path)
+    if method in ("POST", "PUT", "PATCH"):
+        return {"url": url, "json": {}}
+    return {"url": url}
 
 
 def _routes() -> list[tuple[str, str, Any]]:
@@ -68,34 +44,27 @@ def test_only_allowed_roles_get_through(
     method: str, path: str, opt: dict[str, Any], demo_server: ServerProcess, demo_tokens: dict[str, str]
 ) -> None:
     for who in (None, *ROLES):
-        sample = _sample(method, path, demo_server, demo_tokens["admin"])
-        url = path
-        for name, value in sample.get("path", {}).items():
-            url = url.replace(f"{{{name}:str}}", value)
+        sample = _request(method, path)
         token = demo_tokens.get(who) if who else None
         if path == "/api/auth/logout" and who:
             token = demo_server.login(who, DEMO_PASSWORDS[who])  # a token of its own to throw away
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         answer = httpx.request(
-            method,
-            demo_server.url + url,
-            headers=headers,
-            json=sample.get("json"),
-            content=sample.get("content"),
-            params=sample.get("params"),
-            timeout=30,
+            method, demo_server.url + sample["url"], headers=headers, json=sample.get("json"), timeout=30
         )
         body = answer.json()
         if opt.get("public"):
-            assert answer.status_code not in (403,), (who, answer.text)
+            assert answer.status_code != 403, (who, answer.text)
             continue
         allowed = who is not None and who in PERMISSIONS[opt["permission"]]
         if who is None:
-            assert answer.status_code == 401 and body["code"] == "UNAUTHENTICATED", answer.text
+            assert answer.status_code == 401, answer.text
+            assert body["code"] == "UNAUTHENTICATED"
         elif allowed:
             assert answer.status_code not in (401, 403), (who, answer.text)
         else:
-            assert answer.status_code == 403 and body["code"] == "FORBIDDEN", (who, answer.text)
+            assert answer.status_code == 403, (who, answer.text)
+            assert body["code"] == "FORBIDDEN"
 
 
 def test_expired_or_bad_token_is_refused(demo_server: ServerProcess) -> None:
@@ -113,9 +82,7 @@ def test_login_logout_cycle(demo_server: ServerProcess) -> None:
 
 
 def test_wrong_password_has_its_code(demo_server: ServerProcess) -> None:
-    answer = httpx.post(
-        demo_server.url + "/api/auth/login", json={"username": "auditor", "password": "nope-nope"}
-    )
+    answer = httpx.post(demo_server.url + "/api/auth/login", json={"username": "auditor", "password": "nope-nope"})
     assert answer.status_code == 401
     assert answer.json()["code"] == "BAD_CREDENTIALS"
 

@@ -59,9 +59,7 @@ def test_vector_bytes_hash_and_signature() -> None:
     assert VECTOR_EVENT.hash.hex() == VECTOR_HASH
     signature = sign_chain_head(key, VECTOR_EVENT.writer_id, 1, VECTOR_EVENT.hash)
     assert signature.hex() == VECTOR_SIGNATURE  # Ed25519 is deterministic
-    assert verify_chain_head(
-        bytes.fromhex(VECTOR_PUBLIC_KEY), VECTOR_EVENT.writer_id, 1, VECTOR_EVENT.hash, signature
-    )
+    assert verify_chain_head(bytes.fromhex(VECTOR_PUBLIC_KEY), VECTOR_EVENT.writer_id, 1, VECTOR_EVENT.hash, signature)
     assert not verify_chain_head(
         bytes.fromhex(VECTOR_PUBLIC_KEY), VECTOR_EVENT.writer_id, 2, VECTOR_EVENT.hash, signature
     )

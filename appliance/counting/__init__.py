@@ -1,0 +1,8 @@
+"""The counting domain: runs, sessions, items, conflicts, buckets, rollups and variance (DESIGN §7).
+
+Importing the package registers every projector the domain owns with the event log.
+"""
+
+from appliance.counting import conflicts, items, lifecycle, rollups, runs, sessions, variance
+
+__all__ = ["conflicts", "items", "lifecycle", "rollups", "runs", "sessions", "variance"]

@@ -1,0 +1,288 @@
+"""Conflicts a supervisor resolves, found by looking at the counts rather than stored as they arrive.
+
+Because each kind is a query over CRDT state, the queue is the same on every replica whatever order
+the events came in, a condition that clears (the damage corrected, the mfg date fixed) leaves the
+queue by itself, and nothing on the scan path waits for it. A conflict's id names its subject, so a
+resolution recorded on one box applies to the same conflict everywhere.
+
+Kinds: ``serial_duplicate`` (a serial on two items of one run), ``damage_exceeds`` (damage qty above
+the verified qty), ``mfg_date_impossible`` (in the future when recorded, or before 1970),
+``barcode_mismatch`` (a scan made while verifying one product resolves to another).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from appliance.counting import items
+from appliance.errors import NotFound, ValidationFailed
+from appliance.eventlog import EventLog, projection_tables, projector
+from appliance.people import User
+from replication.codec import Event
+
+projection_tables("conflict_resolutions")
+
+ACTIONS = ("accept", "reject", "edit")
+
+_SERIALS = """
+    WITH live AS (
+        SELECT DISTINCT se.run_id, a.serial, a.session_id, a.product_id
+        FROM serial_adds a
+        LEFT JOIN serial_removes r ON r.tag = a.tag
+        JOIN sessions se ON se.session_id = a.session_id
+        WHERE r.tag IS NULL AND se.status != 'VOID' {run_filter}
+    )
+    SELECT run_id, serial, json_group_array(json_object('session_id', session_id, 'product_id', product_id)) AS claims
+    FROM live GROUP BY run_id, serial HAVING count(*) > 1
+"""
+_DAMAGE = """
+    WITH d AS (
+        SELECT session_id, product_id, sum(p - n) AS damage FROM damage_counts GROUP BY session_id, product_id
+    ), q AS (
+        SELECT c.session_id, s.product_id, sum(c.p - c.n) AS qty
+        FROM scan_counts c JOIN scan_codes s ON s.code = c.code
+        WHERE s.product_id IS NOT NULL GROUP BY c.session_id, s.product_id
+    )
+    SELECT se.run_id, d.session_id, d.product_id, d.damage, coalesce(q.qty, 0) AS qty
+    FROM d JOIN sessions se ON se.session_id = d.session_id
+    LEFT JOIN q ON q.session_id = d.session_id AND q.product_id = d.product_id
+    WHERE d.damage > coalesce(q.qty, 0) AND se.status != 'VOID' {run_filter}
+"""
+_MFG = """
+    SELECT se.run_id, a.session_id, a.product_id, a.value
+    FROM item_attrs a JOIN sessions se ON se.session_id = a.session_id
+    WHERE a.name = 'mfg_date' AND a.value IS NOT NULL AND se.status != 'VOID'
+      AND (a.value > date((a.hlc >> 16) / 1000, 'unixepoch') OR a.value < '1970-01-01') {run_filter}
+"""
+_BARCODE = """
+    SELECT se.run_id, c.session_id, c.event_id, c.code, c.product_id AS claimed, s.product_id AS resolved, c.qty
+    FROM scan_claims c JOIN scan_codes s ON s.code = c.code JOIN sessions se ON se.session_id = c.session_id
+    WHERE s.product_id IS NOT NULL AND s.product_id != c.product_id AND se.status != 'VOID'
+      AND c.event_id NOT IN (SELECT undoes FROM scan_undos) {run_filter}
+"""
+
+
+def _query(conn: sqlite3.Connection, sql: str, run_id: str | None) -> list[sqlite3.Row]:
+    if run_id is None:
+        return conn.execute(sql.format(run_filter="")).fetchall()
+    return conn.execute(sql.format(run_filter="AND se.run_id = ?"), (run_id,)).fetchall()
+
+
+def detect(conn: sqlite3.Connection, run_id: str | None = None) -> list[dict[str, Any]]:
+    import json
+
+    found: list[dict[str, Any]] = []
+    for row in _query(conn, _SERIALS, run_id):
+        found.append(
+            {
+                "conflict_id": f"serial_duplicate:{row['run_id']}:{row['serial']}",
+                "kind": "serial_duplicate",
+                "run_id": row["run_id"],
+                "serial": row["serial"],
+                "claims": json.loads(row["claims"]),
+            }
+        )
+    for row in _query(conn, _DAMAGE, run_id):
+        found.append(
+            {
+                "conflict_id": f"damage_exceeds:{row['session_id']}:{row['product_id']}",
+                "kind": "damage_exceeds",
+                "run_id": row["run_id"],
+                "session_id": row["session_id"],
+                "product_id": row["product_id"],
+                "damage_qty": row["damage"],
+                "qty": row["qty"],
+            }
+        )
+    for row in _query(conn, _MFG, run_id):
+        found.append(
+            {
+                "conflict_id": f"mfg_date_impossible:{row['session_id']}:{row['product_id']}",
+                "kind": "mfg_date_impossible",
+                "run_id": row["run_id"],
+                "session_id": row["session_id"],
+                "product_id": row["product_id"],
+                "mfg_date": row["value"],
+            }
+        )
+    for row in _query(conn, _BARCODE, run_id):
+        found.append(
+            {
+                "conflict_id": f"barcode_mismatch:{row['event_id']}",
+                "kind": "barcode_mismatch",
+                "run_id": row["run_id"],
+                "session_id": row["session_id"],
+                "event_id": row["event_id"],
+                "code": row["code"],
+                "product_id": row["claimed"],
+                "resolves_to": row["resolved"],
+                "qty": row["qty"],
+            }
+        )
+    return found
+
+
+def conflicts(conn: sqlite3.Connection, run_id: str | None = None, status: str = "open") -> list[dict[str, Any]]:
+    """The queue: detected conflicts with their resolution, filtered by open / resolved / all."""
+    resolutions = {
+        r["conflict_id"]: dict(r)
+        for r in conn.execute("SELECT conflict_id, action, reason, by_user, hlc FROM conflict_resolutions")
+    }
+    out = []
+    for conflict in detect(conn, run_id):
+        resolution = resolutions.get(conflict["conflict_id"])
+        conflict["status"] = "resolved" if resolution else "open"
+        conflict["resolution"] = resolution
+        if status == "all" or conflict["status"] == status:
+            out.append(conflict)
+    return out
+
+
+def resolve(
+    conn: sqlite3.Connection,
+    log: EventLog,
+    actor: User,
+    conflict_id: str,
+    *,
+    action: str,
+    reason: str = "",
+    edits: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Accept, reject (with a reason; the flagged data is taken back) or edit and accept."""
+    if action not in ACTIONS:
+        raise ValidationFailed("action must be accept, reject or edit", details={"field": "action"})
+    if action == "reject" and not reason.strip():
+        raise ValidationFailed("rejecting needs a reason", code="REASON_REQUIRED")
+    current = {c["conflict_id"]: c for c in conflicts(conn, status="all")}
+    conflict = current.get(conflict_id)
+    if conflict is None:
+        raise NotFound("no such conflict (it may have cleared by itself)", code="CONFLICT_NOT_FOUND")
+    edits = edits or {}
+    if action == "reject":
+        _take_back(conn, log, actor, conflict, edits)
+    elif action == "edit":
+        _apply_edits(conn, log, actor, conflict, edits)
+    log.record(
+        conn,
+        "conflict.resolved",
+        {
+            "conflict_id": conflict_id,
+            "kind": conflict["kind"],
+            "action": action,
+            "reason": reason.strip(),
+            "by": actor.user_id,
+        },
+    )
+    return {"conflict_id": conflict_id, "action": action}
+
+
+def _take_back(
+    conn: sqlite3.Connection, log: EventLog, actor: User, conflict: dict[str, Any], edits: dict[str, Any]
+) -> None:
+    kind = conflict["kind"]
+    if kind == "barcode_mismatch":
+        items.undo_scan(conn, log, actor, conflict["session_id"], conflict["event_id"], supervising=True)
+    elif kind == "damage_exceeds":
+        items.set_damage(conn, log, actor, conflict["session_id"], conflict["product_id"], 0, supervising=True)
+    elif kind == "mfg_date_impossible":
+        items.set_attributes(
+            conn,
+            log,
+            actor,
+            conflict["session_id"],
+            conflict["product_id"],
+            {"mfg_date": None},
+            supervising=True,
+        )
+    elif kind == "serial_duplicate":
+        claim = _claim(conflict, edits)
+        items.remove_serial(
+            conn, log, actor, claim["session_id"], claim["product_id"], conflict["serial"], supervising=True
+        )
+
+
+def _apply_edits(
+    conn: sqlite3.Connection, log: EventLog, actor: User, conflict: dict[str, Any], edits: dict[str, Any]
+) -> None:
+    kind = conflict["kind"]
+    if kind == "damage_exceeds" and ("damage_qty" in edits or "qty" in edits):
+        if "qty" in edits:
+            items.set_quantity(
+                conn,
+                log,
+                actor,
+                conflict["session_id"],
+                conflict["product_id"],
+                edits["qty"],
+                supervising=True,
+            )
+        if "damage_qty" in edits:
+            items.set_damage(
+                conn,
+                log,
+                actor,
+                conflict["session_id"],
+                conflict["product_id"],
+                edits["damage_qty"],
+                supervising=True,
+            )
+    elif kind == "mfg_date_impossible" and "mfg_date" in edits:
+        items.set_attributes(
+            conn,
+            log,
+            actor,
+            conflict["session_id"],
+            conflict["product_id"],
+            {"mfg_date": edits["mfg_date"]},
+            supervising=True,
+        )
+    elif kind == "barcode_mismatch" and "count_as" in edits:
+        # Count the scan toward the product the verifier meant ("count_as": "claimed") or leave it
+        # on the product its barcode names ("count_as": "scanned").
+        if edits["count_as"] == "claimed":
+            items.undo_scan(conn, log, actor, conflict["session_id"], conflict["event_id"], supervising=True)
+            current = items.item_quantity(conn, conflict["session_id"], conflict["product_id"])
+            items.set_quantity(
+                conn,
+                log,
+                actor,
+                conflict["session_id"],
+                conflict["product_id"],
+                current + conflict["qty"],
+                supervising=True,
+            )
+        elif edits["count_as"] != "scanned":
+            raise ValidationFailed("count_as must be 'claimed' or 'scanned'", details={"field": "count_as"})
+    elif kind == "serial_duplicate" and "serial" in edits:
+        claim = _claim(conflict, edits)
+        items.remove_serial(
+            conn, log, actor, claim["session_id"], claim["product_id"], conflict["serial"], supervising=True
+        )
+        items.add_serial(conn, log, actor, claim["session_id"], claim["product_id"], edits["serial"], supervising=True)
+    else:
+        raise ValidationFailed(f"no edit given that fits a {kind} conflict", code="EDIT_REQUIRED", details=edits)
+
+
+def _claim(conflict: dict[str, Any], edits: dict[str, Any]) -> dict[str, Any]:
+    for claim in conflict["claims"]:
+        if claim["session_id"] == edits.get("session_id"):
+            return dict(claim)
+    raise ValidationFailed(
+        "name the session whose claim to change (edits.session_id)",
+        code="EDIT_REQUIRED",
+        details=conflict["claims"],
+    )
+
+
+@projector("conflict.resolved")
+def _conflict_resolved(conn: sqlite3.Connection, event: Event) -> None:
+    p = event.payload
+    conn.execute(
+        "INSERT INTO conflict_resolutions (conflict_id, action, reason, by_user, hlc, writer_id)"
+        " VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET action = excluded.action, reason = excluded.reason, by_user = excluded.by_user,"
+        " hlc = excluded.hlc, writer_id = excluded.writer_id"
+        " WHERE (excluded.hlc, excluded.writer_id) > (conflict_resolutions.hlc, conflict_resolutions.writer_id)",
+        (p["conflict_id"], p["action"], p["reason"], p["by"], event.hlc, event.writer_id),
+    )

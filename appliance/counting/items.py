@@ -1,0 +1,629 @@
+"""Items: what a session counted of each product, folded from scans, adjustments and edits.
+
+Quantities are PN-counters with one entry per writer, kept per scanned code; a code resolves to a
+product through ``scan_codes``, which is recomputed whenever the product master or a code mapping
+changes, so an unmatched code mapped later re-resolves every count made with it. Attributes are LWW
+registers, serials an add-wins OR-set (DESIGN §4). Every command here records one event through
+``EventLog.record``; device batches fold the same event types through the same projectors.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from appliance import products
+from appliance.counting.sessions import _require_actor, get_session
+from appliance.errors import Conflict, NotFound, StockVerifyError, ValidationFailed
+from appliance.eventlog import EventLog, projection_tables, projector
+from appliance.people import User
+from replication.codec import Event
+
+projection_tables(
+    "scan_counts",
+    "scan_codes",
+    "code_mappings",
+    "scan_undos",
+    "scan_claims",
+    "damage_counts",
+    "item_attrs",
+    "serial_adds",
+    "serial_removes",
+    "photos",
+)
+
+MAX_QTY = 100_000
+MAX_CODE = 64
+PRODUCT_CODE_PREFIX = "@"  # counts set on a product card are kept under the code "@<product_id>"
+ITEM_STATUSES = ("partial", "finalized", "re-verify")
+CONDITIONS = ("good", "damaged", "expired", "opened", "repackaged", "other")
+PHOTO_TYPES = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
+ATTRIBUTES = ("mfg_date", "mrp_minor", "uom", "condition", "category", "status")
+
+
+def _counting_session(conn: sqlite3.Connection, actor: User, session_id: str, supervising: bool = False) -> sqlite3.Row:
+    """The session a change goes into. A supervisor resolving a conflict may also change a
+    SUBMITTED session (that is when conflicts get reviewed); nobody changes APPROVED or VOID ones."""
+    session = get_session(conn, session_id)
+    if supervising:
+        if session["status"] not in ("IN_PROGRESS", "SUBMITTED"):
+            raise Conflict(f"a {session['status']} session can no longer change", code="SESSION_CLOSED")
+        return session
+    _require_actor(actor, session)
+    if session["status"] != "IN_PROGRESS":
+        raise Conflict(
+            f"the session is {session['status']}; scans go into an IN_PROGRESS session",
+            code="SESSION_NOT_IN_PROGRESS",
+        )
+    return session
+
+
+def _check_qty(qty: int, field: str = "qty", *, allow_zero: bool = False) -> int:
+    low = 0 if allow_zero else 1
+    if isinstance(qty, bool) or not isinstance(qty, int) or not low <= qty <= MAX_QTY:
+        raise ValidationFailed(f"{field} must be a whole number from {low} to {MAX_QTY}", details={"field": field})
+    return qty
+
+
+def _product(conn: sqlite3.Connection, product_id: str) -> None:
+    if conn.execute("SELECT 1 FROM products WHERE product_id = ?", (product_id,)).fetchone() is None:
+        raise NotFound(f"product {product_id} does not exist", code="PRODUCT_NOT_FOUND")
+
+
+def _session_rack(conn: sqlite3.Connection, session: sqlite3.Row, rack_code: str | None) -> str:
+    racks = conn.execute(
+        "SELECT r.rack_id, r.code FROM session_racks s JOIN racks r ON r.rack_id = s.rack_id WHERE s.session_id = ?",
+        (session["session_id"],),
+    ).fetchall()
+    if rack_code is None:
+        return racks[0]["rack_id"] if len(racks) == 1 else ""
+    code = rack_code.strip().upper()
+    for rack in racks:
+        if rack["code"] == code:
+            return str(rack["rack_id"])
+    row = conn.execute("SELECT rack_id FROM racks WHERE code = ?", (code,)).fetchone()
+    if row is None:
+        raise NotFound(f"rack {code} does not exist", code="RACK_NOT_FOUND")
+    if racks:
+        raise Conflict(f"rack {code} is not part of this session", code="RACK_NOT_IN_SESSION")
+    return str(row["rack_id"])
+
+
+# -- quantities -----------------------------------------------------------------------------------
+def record_scan(
+    conn: sqlite3.Connection,
+    log: EventLog,
+    actor: User,
+    session_id: str,
+    *,
+    code: str,
+    qty: int = 1,
+    rack_code: str | None = None,
+    product_id: str | None = None,
+) -> Event:
+    """One scan (or a typed code with a quantity). ``product_id`` says which item the verifier was
+    verifying, so that a barcode of another product is flagged rather than silently counted."""
+    session = _counting_session(conn, actor, session_id)
+    scanned = code.strip()
+    if not scanned or len(scanned) > MAX_CODE:
+        raise ValidationFailed(f"code must be 1-{MAX_CODE} characters", details={"field": "code"})
+    if product_id is not None:
+        _product(conn, product_id)
+    payload = {
+        "session_id": session_id,
+        "code": scanned,
+        "qty": _check_qty(qty),
+        "rack_id": _session_rack(conn, session, rack_code),
+        "product_id": product_id,
+        "token": None,
+        "by": actor.user_id,
+    }
+    return log.record(conn, "scan.recorded", payload)
+
+
+def undo_scan(
+    conn: sqlite3.Connection,
+    log: EventLog,
+    actor: User,
+    session_id: str,
+    event_id: str,
+    *,
+    supervising: bool = False,
+) -> None:
+    """Undo records a negating event; the scan itself stays in the log."""
+    _counting_session(conn, actor, session_id, supervising)
+    row = conn.execute("SELECT writer_id, type, payload FROM events WHERE event_id = ?", (event_id,)).fetchone()
+    if row is None or row["type"] != "scan.recorded":
+        raise NotFound(f"scan {event_id} does not exist", code="SCAN_NOT_FOUND")
+    scan = Event(row["writer_id"], 0, event_id, row["type"], _unpack(row["payload"]), 0, b"")
+    if scan.payload["session_id"] != session_id:
+        raise NotFound(f"scan {event_id} is not part of this session", code="SCAN_NOT_FOUND")
+    if conn.execute("SELECT 1 FROM scan_undos WHERE undoes = ?", (event_id,)).fetchone():
+        raise Conflict("that scan was already undone", code="SCAN_ALREADY_UNDONE")
+    log.record(
+        conn,
+        "scan.undone",
+        {
+            "session_id": session_id,
+            "undoes": event_id,
+            "of_writer": scan.writer_id,
+            "code": scan.payload["code"],
+            "rack_id": scan.payload["rack_id"],
+            "qty": scan.payload["qty"],
+            "by": actor.user_id,
+        },
+    )
+
+
+def _unpack(data: bytes) -> dict[str, Any]:
+    from replication.codec import unpack
+
+    value: dict[str, Any] = unpack(data)
+    return value
+
+
+def set_quantity(
+    conn: sqlite3.Connection,
+    log: EventLog,
+    actor: User,
+    session_id: str,
+    product_id: str,
+    qty: int,
+    *,
+    supervising: bool = False,
+) -> None:
+    """ "Set to N": records the adjustment from what the box holds now to N."""
+    _counting_session(conn, actor, session_id, supervising)
+    _product(conn, product_id)
+    target = _check_qty(qty, allow_zero=True)
+    delta = target - item_quantity(conn, session_id, product_id)
+    if delta:
+        log.record(
+            conn,
+            "count.adjusted",
+            {
+                "session_id": session_id,
+                "product_id": product_id,
+                "delta": delta,
+                "target": target,
+                "by": actor.user_id,
+            },
+        )
+
+
+def set_damage(
+    conn: sqlite3.Connection,
+    log: EventLog,
+    actor: User,
+    session_id: str,
+    product_id: str,
+    qty: int,
+    *,
+    supervising: bool = False,
+) -> None:
+    _counting_session(conn, actor, session_id, supervising)
+    _product(conn, product_id)
+    target = _check_qty(qty, "damage_qty", allow_zero=True)
+    delta = target - damage_quantity(conn, session_id, product_id)
+    if delta:
+        log.record(
+            conn,
+            "damage.adjusted",
+            {
+                "session_id": session_id,
+                "product_id": product_id,
+                "delta": delta,
+                "target": target,
+                "by": actor.user_id,
+            },
+        )
+
+
+# -- attributes, serials, photos ------------------------------------------------------------------
+def check_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
+    clean: dict[str, Any] = {}
+    for name, value in attrs.items():
+        if name not in ATTRIBUTES:
+            raise ValidationFailed(f"unknown attribute {name!r}", details={"field": name})
+        if value is None:
+            clean[name] = None
+        elif name == "mfg_date":
+            try:
+                clean[name] = dt.date.fromisoformat(str(value)).isoformat()
+            except ValueError:
+                raise ValidationFailed("mfg_date must be a date like 2026-03-01", details={"field": name}) from None
+        elif name == "mrp_minor":
+            clean[name] = _check_qty(value, name, allow_zero=True) if isinstance(value, int) else _bad(name)
+        elif name == "status":
+            clean[name] = value if value in ITEM_STATUSES else _bad(name, ITEM_STATUSES)
+        elif name == "condition":
+            clean[name] = value if value in CONDITIONS else _bad(name, CONDITIONS)
+        else:
+            text = str(value).strip()
+            clean[name] = text if 0 < len(text) <= 64 else _bad(name)
+    return clean
+
+
+def _bad(name: str, choices: tuple[str, ...] = ()) -> Any:
+    hint = f"one of {', '.join(choices)}" if choices else "a valid value"
+    raise ValidationFailed(f"{name} must be {hint}", details={"field": name})
+
+
+def set_attributes(
+    conn: sqlite3.Connection,
+    log: EventLog,
+    actor: User,
+    session_id: str,
+    product_id: str,
+    attrs: dict[str, Any],
+    *,
+    supervising: bool = False,
+) -> None:
+    _counting_session(conn, actor, session_id, supervising)
+    _product(conn, product_id)
+    clean = check_attributes(attrs)
+    if clean:
+        log.record(
+            conn,
+            "item.attributes_set",
+            {"session_id": session_id, "product_id": product_id, "attrs": clean, "by": actor.user_id},
+        )
+
+
+def add_serial(
+    conn: sqlite3.Connection,
+    log: EventLog,
+    actor: User,
+    session_id: str,
+    product_id: str,
+    serial: str,
+    *,
+    supervising: bool = False,
+) -> None:
+    _counting_session(conn, actor, session_id, supervising)
+    _product(conn, product_id)
+    text = serial.strip()
+    if not text or len(text) > 64:
+        raise ValidationFailed("a serial number is 1-64 characters", details={"field": "serial"})
+    if text in item_serials(conn, session_id, product_id):
+        raise Conflict("that serial is already on this item", code="SERIAL_ALREADY_ON_ITEM")
+    log.record(
+        conn,
+        "serial.added",
+        {"session_id": session_id, "product_id": product_id, "serial": text, "by": actor.user_id},
+    )
+
+
+def remove_serial(
+    conn: sqlite3.Connection,
+    log: EventLog,
+    actor: User,
+    session_id: str,
+    product_id: str,
+    serial: str,
+    *,
+    supervising: bool = False,
+) -> None:
+    _counting_session(conn, actor, session_id, supervising)
+    tags = [
+        row[0]
+        for row in conn.execute(
+            "SELECT a.tag FROM serial_adds a LEFT JOIN serial_removes r ON r.tag = a.tag"
+            " WHERE a.session_id = ? AND a.product_id = ? AND a.serial = ? AND r.tag IS NULL",
+            (session_id, product_id, serial.strip()),
+        )
+    ]
+    if not tags:
+        raise NotFound("that serial is not on this item", code="SERIAL_NOT_FOUND")
+    log.record(
+        conn,
+        "serial.removed",
+        {
+            "session_id": session_id,
+            "product_id": product_id,
+            "serial": serial.strip(),
+            "tags": tags,
+            "by": actor.user_id,
+        },
+    )
+
+
+def store_photo(photos_dir: Path, data: bytes, content_type: str) -> str:
+    """Keep a photo on disk under its SHA-256 (fsynced, written once); return the hash."""
+    if content_type not in PHOTO_TYPES:
+        raise ValidationFailed(
+            f"photos must be one of {', '.join(PHOTO_TYPES)}",
+            code="BAD_PHOTO",
+            details={"content_type": content_type},
+        )
+    if not data:
+        raise ValidationFailed("the photo is empty", code="BAD_PHOTO")
+    digest = hashlib.sha256(data).hexdigest()
+    path = photo_path(photos_dir, digest)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    return digest
+
+
+def photo_path(photos_dir: Path, digest: str) -> Path:
+    return photos_dir / digest[:2] / digest
+
+
+def attach_photo(
+    conn: sqlite3.Connection,
+    log: EventLog,
+    actor: User,
+    session_id: str,
+    product_id: str,
+    *,
+    sha256: str,
+    content_type: str,
+    size: int,
+) -> None:
+    _counting_session(conn, actor, session_id)
+    _product(conn, product_id)
+    log.record(
+        conn,
+        "photo.attached",
+        {
+            "session_id": session_id,
+            "product_id": product_id,
+            "sha256": sha256,
+            "content_type": content_type,
+            "size": size,
+            "by": actor.user_id,
+        },
+    )
+
+
+def map_code(conn: sqlite3.Connection, log: EventLog, actor: User, code: str, sku: str) -> dict[str, Any]:
+    """Map an unmatched code to a product; every count made with the code re-resolves."""
+    row = conn.execute("SELECT product_id FROM products WHERE sku = ? COLLATE NOCASE", (sku.strip(),)).fetchone()
+    if row is None:
+        raise NotFound(f"product {sku} does not exist", code="PRODUCT_NOT_FOUND")
+    scanned = code.strip()
+    if not scanned or len(scanned) > MAX_CODE:
+        raise ValidationFailed(f"code must be 1-{MAX_CODE} characters", details={"field": "code"})
+    log.record(conn, "code.mapped", {"code": scanned, "product_id": row[0], "by": actor.user_id})
+    return {"code": scanned, "product_id": row[0]}
+
+
+# -- resolution -----------------------------------------------------------------------------------
+def resolve_code(conn: sqlite3.Connection, code: str) -> tuple[str | None, str]:
+    """The product a scanned code stands for now, and how it was matched."""
+    mapped = conn.execute("SELECT product_id FROM code_mappings WHERE code = ?", (code,)).fetchone()
+    if mapped is not None:
+        return mapped[0], "mapping"
+    if code.startswith(PRODUCT_CODE_PREFIX):
+        return code[len(PRODUCT_CODE_PREFIX) :], "product"
+    try:
+        found = products.resolve(conn, code)
+    except StockVerifyError:
+        return None, "ambiguous"
+    if found is None:
+        return None, "unmatched"
+    return str(found["product_id"]), str(found["matched_by"])
+
+
+def _note_code(conn: sqlite3.Connection, code: str) -> None:
+    if conn.execute("SELECT 1 FROM scan_codes WHERE code = ?", (code,)).fetchone() is None:
+        product_id, how = resolve_code(conn, code)
+        conn.execute("INSERT INTO scan_codes (code, product_id, matched_by) VALUES (?, ?, ?)", (code, product_id, how))
+
+
+def _re_resolve(conn: sqlite3.Connection, codes: list[str]) -> None:
+    rows = [(*resolve_code(conn, code), code) for code in codes]
+    conn.executemany("UPDATE scan_codes SET product_id = ?, matched_by = ? WHERE code = ?", rows)
+
+
+# -- projections ----------------------------------------------------------------------------------
+def _count(
+    conn: sqlite3.Connection,
+    session_id: str,
+    rack_id: str,
+    code: str,
+    writer: str,
+    dp: int,
+    dn: int,
+    hlc: int,
+) -> None:
+    conn.execute(
+        "INSERT INTO scan_counts (session_id, rack_id, code, writer_id, p, n, last_hlc) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET p = p + excluded.p, n = n + excluded.n,"
+        " last_hlc = max(last_hlc, excluded.last_hlc)",
+        (session_id, rack_id, code, writer, dp, dn, hlc),
+    )
+    _note_code(conn, code)
+
+
+@projector("scan.recorded")
+def _scan_recorded(conn: sqlite3.Connection, event: Event) -> None:
+    p = event.payload
+    _count(conn, p["session_id"], p["rack_id"] or "", p["code"], event.writer_id, p["qty"], 0, event.hlc)
+    if p.get("product_id"):
+        conn.execute(
+            "INSERT OR IGNORE INTO scan_claims (event_id, session_id, code, product_id, qty) VALUES (?, ?, ?, ?, ?)",
+            (event.event_id, p["session_id"], p["code"], p["product_id"], p["qty"]),
+        )
+
+
+@projector("scan.undone")
+def _scan_undone(conn: sqlite3.Connection, event: Event) -> None:
+    p = event.payload
+    # The negation lands on the undone scan's own counter entry, and only once however many
+    # replicas or writers undo it, so the fold does not depend on who undid it first.
+    undone = conn.execute("INSERT OR IGNORE INTO scan_undos (undoes) VALUES (?)", (p["undoes"],))
+    if undone.rowcount:
+        # last_hlc stays the last *scan's* time (0 never raises it), whichever undo won the race.
+        _count(conn, p["session_id"], p["rack_id"] or "", p["code"], p["of_writer"], 0, p["qty"], 0)
+
+
+@projector("count.adjusted")
+def _count_adjusted(conn: sqlite3.Connection, event: Event) -> None:
+    p = event.payload
+    delta = p["delta"]
+    code = PRODUCT_CODE_PREFIX + p["product_id"]
+    _count(conn, p["session_id"], "", code, event.writer_id, max(delta, 0), max(-delta, 0), event.hlc)
+
+
+@projector("damage.adjusted")
+def _damage_adjusted(conn: sqlite3.Connection, event: Event) -> None:
+    p = event.payload
+    delta = p["delta"]
+    conn.execute(
+        "INSERT INTO damage_counts (session_id, product_id, writer_id, p, n) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET p = p + excluded.p, n = n + excluded.n",
+        (p["session_id"], p["product_id"], event.writer_id, max(delta, 0), max(-delta, 0)),
+    )
+
+
+@projector("item.attributes_set")
+def _attributes_set(conn: sqlite3.Connection, event: Event) -> None:
+    p = event.payload
+    conn.executemany(
+        "INSERT INTO item_attrs (session_id, product_id, name, value, hlc, writer_id) VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET value = excluded.value, hlc = excluded.hlc, writer_id = excluded.writer_id"
+        " WHERE (excluded.hlc, excluded.writer_id) > (item_attrs.hlc, item_attrs.writer_id)",
+        [
+            (p["session_id"], p["product_id"], name, value, event.hlc, event.writer_id)
+            for name, value in p["attrs"].items()
+        ],
+    )
+
+
+@projector("serial.added")
+def _serial_added(conn: sqlite3.Connection, event: Event) -> None:
+    p = event.payload
+    conn.execute(
+        "INSERT OR IGNORE INTO serial_adds (tag, session_id, product_id, serial) VALUES (?, ?, ?, ?)",
+        (event.event_id, p["session_id"], p["product_id"], p["serial"]),
+    )
+
+
+@projector("serial.removed")
+def _serial_removed(conn: sqlite3.Connection, event: Event) -> None:
+    conn.executemany("INSERT OR IGNORE INTO serial_removes (tag) VALUES (?)", [(t,) for t in event.payload["tags"]])
+
+
+@projector("photo.attached")
+def _photo_attached(conn: sqlite3.Connection, event: Event) -> None:
+    p = event.payload
+    conn.execute(
+        "INSERT OR IGNORE INTO photos (session_id, product_id, sha256, content_type, size) VALUES (?, ?, ?, ?, ?)",
+        (p["session_id"], p["product_id"], p["sha256"], p["content_type"], p["size"]),
+    )
+
+
+@projector("code.mapped")
+def _code_mapped(conn: sqlite3.Connection, event: Event) -> None:
+    p = event.payload
+    conn.execute(
+        "INSERT INTO code_mappings (code, product_id, hlc, writer_id) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET product_id = excluded.product_id, hlc = excluded.hlc,"
+        " writer_id = excluded.writer_id"
+        " WHERE (excluded.hlc, excluded.writer_id) > (code_mappings.hlc, code_mappings.writer_id)",
+        (p["code"], p["product_id"], event.hlc, event.writer_id),
+    )
+    _re_resolve(conn, [p["code"]])
+
+
+@projector("products.imported")
+def _products_imported(conn: sqlite3.Connection, event: Event) -> None:
+    _re_resolve(conn, [row[0] for row in conn.execute("SELECT code FROM scan_codes")])
+
+
+# -- queries --------------------------------------------------------------------------------------
+def item_quantity(conn: sqlite3.Connection, session_id: str, product_id: str) -> int:
+    row = conn.execute(
+        "SELECT coalesce(sum(c.p - c.n), 0) FROM scan_counts c JOIN scan_codes s ON s.code = c.code"
+        " WHERE c.session_id = ? AND s.product_id = ?",
+        (session_id, product_id),
+    ).fetchone()
+    return int(row[0])
+
+
+def damage_quantity(conn: sqlite3.Connection, session_id: str, product_id: str) -> int:
+    row = conn.execute(
+        "SELECT coalesce(sum(p - n), 0) FROM damage_counts WHERE session_id = ? AND product_id = ?",
+        (session_id, product_id),
+    ).fetchone()
+    return int(row[0])
+
+
+def item_serials(conn: sqlite3.Connection, session_id: str, product_id: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT DISTINCT a.serial FROM serial_adds a LEFT JOIN serial_removes r ON r.tag = a.tag"
+        " WHERE a.session_id = ? AND a.product_id = ? AND r.tag IS NULL ORDER BY a.serial",
+        (session_id, product_id),
+    )
+    return [row[0] for row in rows]
+
+
+def session_items(conn: sqlite3.Connection, session_id: str) -> dict[str, Any]:
+    """Everything a session holds: one entry per product touched, and the codes nobody recognises."""
+    items: dict[str, dict[str, Any]] = {}
+
+    def item(product_id: str) -> dict[str, Any]:
+        if product_id not in items:
+            items[product_id] = {
+                "product_id": product_id,
+                "qty": 0,
+                "damage_qty": 0,
+                "serials": [],
+                "photos": [],
+                "attributes": {},
+            }
+        return items[product_id]
+
+    unmatched = []
+    for row in conn.execute(
+        "SELECT s.product_id, c.code, sum(c.p - c.n) AS qty, max(c.last_hlc) AS last_hlc FROM scan_counts c"
+        " JOIN scan_codes s ON s.code = c.code WHERE c.session_id = ? GROUP BY s.product_id, c.code",
+        (session_id,),
+    ):
+        if row["product_id"] is None:
+            unmatched.append({"code": row["code"], "qty": row["qty"]})
+        else:
+            entry = item(row["product_id"])
+            entry["qty"] += row["qty"]
+            entry["last_scan_hlc"] = max(entry.get("last_scan_hlc", 0), row["last_hlc"])
+    for row in conn.execute(
+        "SELECT product_id, sum(p - n) FROM damage_counts WHERE session_id = ? GROUP BY product_id",
+        (session_id,),
+    ):
+        item(row[0])["damage_qty"] = row[1]
+    for row in conn.execute(
+        "SELECT product_id, name, value FROM item_attrs WHERE session_id = ? ORDER BY name", (session_id,)
+    ):
+        item(row[0])["attributes"][row[1]] = row[2]
+    for row in conn.execute(
+        "SELECT DISTINCT a.product_id, a.serial FROM serial_adds a LEFT JOIN serial_removes r ON r.tag = a.tag"
+        " WHERE a.session_id = ? AND r.tag IS NULL ORDER BY a.serial",
+        (session_id,),
+    ):
+        item(row[0])["serials"].append(row[1])
+    for row in conn.execute(
+        "SELECT product_id, sha256, content_type FROM photos WHERE session_id = ? ORDER BY sha256",
+        (session_id,),
+    ):
+        item(row[0])["photos"].append({"sha256": row[1], "content_type": row[2]})
+    if items:
+        marks = ",".join("?" for _ in items)
+        for row in conn.execute(
+            f"SELECT product_id, sku, name, uom FROM products WHERE product_id IN ({marks})", list(items)
+        ):
+            items[row["product_id"]].update(sku=row["sku"], name=row["name"], product_uom=row["uom"])
+    for entry in items.values():
+        entry["status"] = entry["attributes"].get("status", "partial")
+    ordered = sorted(items.values(), key=lambda e: (e.get("sku") or "", e["product_id"]))
+    return {"items": ordered, "unmatched": sorted(unmatched, key=lambda u: u["code"])}
