@@ -1,0 +1,1 @@
+"""Scanners attached to the box and barcode parsing."""
