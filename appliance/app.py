@@ -14,9 +14,9 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
 
 from appliance import __version__
-from appliance.api import conflicts, health, layout, products, runs, session, sessions, users
+from appliance.api import conflicts, devices, health, layout, products, runs, session, sessions, sync, users
 from appliance.api import log as log_api
-from appliance.api.deps import authorize, provide_box, provide_user
+from appliance.api.deps import authorize, provide_box, provide_device, provide_user
 from appliance.box import Box
 from appliance.errors import StockVerifyError
 from appliance.people import LoginThrottle, Passwords
@@ -33,6 +33,8 @@ API_ROUTES: list[HTTPRouteHandler] = [
     *runs.ROUTES,
     *sessions.ROUTES,
     *conflicts.ROUTES,
+    *devices.ROUTES,
+    *sync.ROUTES,
     *log_api.ROUTES,
 ]
 
@@ -71,7 +73,7 @@ def _check_declared(routes: list[HTTPRouteHandler]) -> None:
     missing = [
         f"{sorted(handler.http_methods)} {sorted(handler.paths)}"
         for handler in routes
-        if not handler.opt.get("public") and "permission" not in handler.opt
+        if not handler.opt.get("public") and not handler.opt.get("device") and "permission" not in handler.opt
     ]
     if missing:
         raise RuntimeError(f"routes without a declared permission: {missing}")
@@ -95,6 +97,7 @@ def create_app(box: Box) -> Litestar:
         dependencies={
             "box": Provide(provide_box, sync_to_thread=False),
             "user": Provide(provide_user, sync_to_thread=False),
+            "device": Provide(provide_device, sync_to_thread=False),
         },
         exception_handlers={Exception: _error_response},
         openapi_config=OpenAPIConfig(title="StockVerify Edge", version=__version__),

@@ -136,8 +136,9 @@ def products_import(config: Path | None, data_dir: Path | None, file: Path, dry_
     try:
         plan = catalog.parse_file(file.read_bytes(), file.name)
         if dry_run or plan.errors:
-            click.echo(json.dumps(plan.preview(), indent=2))
-            if plan.errors:
+            preview = catalog.preview(box.db.read(), plan)
+            click.echo(json.dumps(preview, indent=2))
+            if preview["errors"]:
                 sys.exit(1)
             return
         result = box.db.write(lambda conn: catalog.commit(conn, box.log, plan))

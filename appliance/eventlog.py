@@ -22,7 +22,6 @@ from appliance.errors import Conflict, NotFound
 from replication.codec import (
     ZERO_HASH,
     Event,
-    pack,
     sign_chain_head,
     unpack,
     verify_chain_head,
@@ -137,7 +136,7 @@ class EventLog:
                 event.seq,
                 event.event_id,
                 event.type,
-                pack(event.payload),
+                event.payload_bytes,
                 event.hlc,
                 event.occurred_at,
                 event.prev_hash,

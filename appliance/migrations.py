@@ -361,10 +361,85 @@ def m003_counting(conn: sqlite3.Connection) -> None:
     )
 
 
+def m004_devices(conn: sqlite3.Connection) -> None:
+    run_script(
+        conn,
+        """
+        ALTER TABLE writers ADD COLUMN name_hlc INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE writers ADD COLUMN revoked_hlc INTEGER;
+        ALTER TABLE writers ADD COLUMN revoke_reason TEXT NOT NULL DEFAULT '';
+
+        -- Local credentials (not events, not replicated): pairing codes and device tokens, hashed.
+        CREATE TABLE pairing_codes (
+            code_hash   BLOB PRIMARY KEY,
+            created_by  TEXT NOT NULL,
+            expires_at  INTEGER NOT NULL,
+            used_at     INTEGER
+        ) STRICT;
+        CREATE TABLE device_tokens (
+            token_hash  BLOB PRIMARY KEY,
+            writer_id   TEXT NOT NULL REFERENCES writers (writer_id),
+            created_at  INTEGER NOT NULL
+        ) STRICT;
+        -- Presence from heartbeats: ephemeral, so kept out of the log.
+        CREATE TABLE device_presence (
+            writer_id    TEXT PRIMARY KEY,
+            last_seen    INTEGER NOT NULL,
+            queue_depth  INTEGER NOT NULL,
+            app_version  TEXT NOT NULL,
+            address      TEXT NOT NULL
+        ) STRICT;
+
+        CREATE TABLE quarantine_decisions (
+            writer_id   TEXT NOT NULL,
+            session_id  TEXT NOT NULL,
+            decision    TEXT NOT NULL CHECK (decision IN ('accepted', 'rejected')),
+            reason      TEXT NOT NULL,
+            by_user     TEXT NOT NULL,
+            hlc         INTEGER NOT NULL,
+            writer      TEXT NOT NULL,
+            PRIMARY KEY (writer_id, session_id)
+        ) STRICT, WITHOUT ROWID;
+
+        -- A revoked device's counts in a session that was not approved before the revocation wait in
+        -- quarantine until a supervisor accepts them; rejected ones never count.
+        CREATE VIEW quarantined AS
+            SELECT w.writer_id, s.session_id, d.decision
+            FROM writers w
+            JOIN sessions s
+            LEFT JOIN quarantine_decisions d ON d.writer_id = w.writer_id AND d.session_id = s.session_id
+            WHERE w.status = 'revoked'
+              AND NOT (s.status = 'APPROVED' AND s.status_hlc < w.revoked_hlc)
+              AND EXISTS (
+                  SELECT 1 FROM scan_counts c WHERE c.writer_id = w.writer_id AND c.session_id = s.session_id
+                  UNION ALL
+                  SELECT 1 FROM damage_counts c WHERE c.writer_id = w.writer_id AND c.session_id = s.session_id
+              );
+
+        -- What counts: every counter entry but those held back by quarantine.
+        CREATE VIEW counted_scans AS
+            SELECT c.* FROM scan_counts c
+            WHERE NOT EXISTS (
+                SELECT 1 FROM quarantined q
+                WHERE q.writer_id = c.writer_id AND q.session_id = c.session_id
+                  AND coalesce(q.decision, '') != 'accepted'
+            );
+        CREATE VIEW counted_damage AS
+            SELECT c.* FROM damage_counts c
+            WHERE NOT EXISTS (
+                SELECT 1 FROM quarantined q
+                WHERE q.writer_id = c.writer_id AND q.session_id = c.session_id
+                  AND coalesce(q.decision, '') != 'accepted'
+            );
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, Migration]] = [
     (1, m001_foundation),
     (2, m002_login_tokens),
     (3, m003_counting),
+    (4, m004_devices),
 ]
 
 LATEST = MIGRATIONS[-1][0]

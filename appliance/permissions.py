@@ -39,6 +39,9 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "conflicts.resolve": _MANAGERS,
     "codes.map": _MANAGERS,
     "tolerances.write": _MANAGERS,
+    # Handhelds: pairing codes, the device list, revocation and the quarantine it creates.
+    "devices.read": _OVERSIGHT,
+    "devices.manage": _MANAGERS,
 }
 
 

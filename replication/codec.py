@@ -29,6 +29,7 @@ ZERO_HASH = bytes(HASH_SIZE)
 CHAIN_HEAD_DOMAIN = "stockverify/chain-head/v1"
 INT_MIN = -(2**63)
 INT_MAX = 2**64 - 1
+_ARRAY_OF_9 = b"\x99"  # msgpack fixarray header for the nine fields of an event
 
 
 class CodecError(ValueError):
@@ -82,28 +83,35 @@ class Event:
     hlc: int
     prev_hash: bytes
     occurred_at: int | None = None
-    _hash: list[bytes] = field(default_factory=list, repr=False, compare=False)
+    _cache: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def payload_bytes(self) -> bytes:
+        """Canonical msgpack of the payload, computed once (it is both hashed and stored)."""
+        if "payload" not in self._cache:  # the dataclass is frozen; the cache is not part of it
+            self._cache["payload"] = pack(self.payload)
+        return self._cache["payload"]
 
     def canonical_bytes(self) -> bytes:
-        return pack(
-            [
-                FORMAT_VERSION,
-                self.writer_id,
-                self.seq,
-                self.event_id,
-                self.type,
-                self.hlc,
-                self.occurred_at,
-                self.prev_hash,
-                self.payload,
-            ]
-        )
+        # A msgpack array is its header followed by its elements' encodings, so the packed payload
+        # is appended as it is rather than encoded a second time.
+        head = [
+            FORMAT_VERSION,
+            self.writer_id,
+            self.seq,
+            self.event_id,
+            self.type,
+            self.hlc,
+            self.occurred_at,
+            self.prev_hash,
+        ]
+        return _ARRAY_OF_9 + b"".join(pack(item) for item in head) + self.payload_bytes
 
     @property
     def hash(self) -> bytes:
-        if not self._hash:  # computed once; the dataclass is frozen, the cache is not part of it
-            self._hash.append(digest(self.canonical_bytes()))
-        return self._hash[0]
+        if "hash" not in self._cache:
+            self._cache["hash"] = digest(self.canonical_bytes())
+        return self._cache["hash"]
 
 
 def chain_head_message(writer_id: str, seq: int, head_hash: bytes) -> bytes:

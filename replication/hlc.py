@@ -48,6 +48,12 @@ class HybridClock:
             self._last = max(encode(self._wall(), 0), self._last + 1)
             return self._last
 
+    def check(self, remote: int) -> None:
+        """Refuse a timestamp too far ahead of this clock, without moving the clock."""
+        ahead = physical_ms(remote) - self._wall()
+        if ahead > self._max_drift_ms:
+            raise ClockDriftError(f"timestamp is {ahead} ms ahead of this box's clock")
+
     def observe(self, remote: int) -> int:
         """Move past a timestamp received from another writer; refuse one too far in the future."""
         with self._lock:

@@ -11,6 +11,7 @@ from litestar.datastructures import State
 from litestar.handlers.base import BaseRouteHandler
 
 from appliance.box import Box
+from appliance.devices import Device, device_for_token
 from appliance.errors import Forbidden, NotFound, Unauthenticated
 from appliance.people import User, user_for_token
 from appliance.permissions import PUBLIC_PREFIXES, allowed
@@ -19,6 +20,12 @@ from appliance.permissions import PUBLIC_PREFIXES, allowed
 def provide_box(state: State) -> Box:
     box: Box = state.box
     return box
+
+
+def provide_device(request: Request[Any, Any, Any]) -> Device:
+    """The paired device the guard authenticated for this request."""
+    device: Device = request.state.device
+    return device
 
 
 def provide_user(request: Request[Any, Any, Any]) -> User:
@@ -35,8 +42,16 @@ def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
 
 
 def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    """Deny by default: a route passes only if it is public or the user's role holds its permission."""
+    """Deny by default: a route passes only if it is public, a device route called with a live device
+    credential, or a person's route whose permission the person's role holds."""
     if handler.opt.get("public") or connection.scope["path"].startswith(PUBLIC_PREFIXES):
+        return
+    if handler.opt.get("device"):
+        scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "device" or not token.strip():
+            raise Unauthenticated("send the device credential as 'Authorization: Device <token>'")
+        box_: Box = connection.app.state.box
+        connection.state.device = device_for_token(box_.db.read(), token.strip())
         return
     permission = handler.opt.get("permission")
     if not isinstance(permission, str):

@@ -38,10 +38,10 @@ _SERIALS = """
 """
 _DAMAGE = """
     WITH d AS (
-        SELECT session_id, product_id, sum(p - n) AS damage FROM damage_counts GROUP BY session_id, product_id
+        SELECT session_id, product_id, sum(p - n) AS damage FROM counted_damage GROUP BY session_id, product_id
     ), q AS (
         SELECT c.session_id, s.product_id, sum(c.p - c.n) AS qty
-        FROM scan_counts c JOIN scan_codes s ON s.code = c.code
+        FROM counted_scans c JOIN scan_codes s ON s.code = c.code
         WHERE s.product_id IS NOT NULL GROUP BY c.session_id, s.product_id
     )
     SELECT se.run_id, d.session_id, d.product_id, d.damage, coalesce(q.qty, 0) AS qty

@@ -545,7 +545,7 @@ def _products_imported(conn: sqlite3.Connection, event: Event) -> None:
 # -- queries --------------------------------------------------------------------------------------
 def item_quantity(conn: sqlite3.Connection, session_id: str, product_id: str) -> int:
     row = conn.execute(
-        "SELECT coalesce(sum(c.p - c.n), 0) FROM scan_counts c JOIN scan_codes s ON s.code = c.code"
+        "SELECT coalesce(sum(c.p - c.n), 0) FROM counted_scans c JOIN scan_codes s ON s.code = c.code"
         " WHERE c.session_id = ? AND s.product_id = ?",
         (session_id, product_id),
     ).fetchone()
@@ -554,7 +554,7 @@ def item_quantity(conn: sqlite3.Connection, session_id: str, product_id: str) ->
 
 def damage_quantity(conn: sqlite3.Connection, session_id: str, product_id: str) -> int:
     row = conn.execute(
-        "SELECT coalesce(sum(p - n), 0) FROM damage_counts WHERE session_id = ? AND product_id = ?",
+        "SELECT coalesce(sum(p - n), 0) FROM counted_damage WHERE session_id = ? AND product_id = ?",
         (session_id, product_id),
     ).fetchone()
     return int(row[0])
@@ -587,7 +587,7 @@ def session_items(conn: sqlite3.Connection, session_id: str) -> dict[str, Any]:
 
     unmatched = []
     for row in conn.execute(
-        "SELECT s.product_id, c.code, sum(c.p - c.n) AS qty, max(c.last_hlc) AS last_hlc FROM scan_counts c"
+        "SELECT s.product_id, c.code, sum(c.p - c.n) AS qty, max(c.last_hlc) AS last_hlc FROM counted_scans c"
         " JOIN scan_codes s ON s.code = c.code WHERE c.session_id = ? GROUP BY s.product_id, c.code",
         (session_id,),
     ):
@@ -598,7 +598,7 @@ def session_items(conn: sqlite3.Connection, session_id: str) -> dict[str, Any]:
             entry["qty"] += row["qty"]
             entry["last_scan_hlc"] = max(entry.get("last_scan_hlc", 0), row["last_hlc"])
     for row in conn.execute(
-        "SELECT product_id, sum(p - n) FROM damage_counts WHERE session_id = ? GROUP BY product_id",
+        "SELECT product_id, sum(p - n) FROM counted_damage WHERE session_id = ? GROUP BY product_id",
         (session_id,),
     ):
         item(row[0])["damage_qty"] = row[1]

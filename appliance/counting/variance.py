@@ -93,7 +93,7 @@ def within_tolerance(counted: int, expected: int, units: int, pct_bp: int) -> bo
 def _product_racks(conn: sqlite3.Connection, run_id: str) -> dict[str, set[str]]:
     racks: dict[str, set[str]] = defaultdict(set)
     for row in conn.execute(
-        "SELECT DISTINCT s.product_id, c.rack_id FROM scan_counts c JOIN sessions se ON se.session_id = c.session_id"
+        "SELECT DISTINCT s.product_id, c.rack_id FROM counted_scans c JOIN sessions se ON se.session_id = c.session_id"
         " JOIN scan_codes s ON s.code = c.code WHERE se.run_id = ? AND se.status = 'APPROVED'"
         " AND s.product_id IS NOT NULL AND c.rack_id != '' AND c.p > c.n",
         (run_id,),

@@ -36,7 +36,7 @@ ROUTES = _routes()
 
 def test_every_route_is_covered_and_declared() -> None:
     for method, path, opt in ROUTES:
-        assert opt.get("public") or opt.get("permission") in PERMISSIONS, (method, path)
+        assert opt.get("public") or opt.get("device") or opt.get("permission") in PERMISSIONS, (method, path)
 
 
 @pytest.mark.parametrize(("method", "path", "opt"), ROUTES, ids=[f"{m} {p}" for m, p, _ in ROUTES])
@@ -55,6 +55,10 @@ def test_only_allowed_roles_get_through(
         body = answer.json()
         if opt.get("public"):
             assert answer.status_code != 403, (who, answer.text)
+            continue
+        if opt.get("device"):  # a person's login is no device credential
+            assert answer.status_code == 401, (who, answer.text)
+            assert body["code"] == "UNAUTHENTICATED"
             continue
         allowed = who is not None and who in PERMISSIONS[opt["permission"]]
         if who is None:

@@ -13,19 +13,16 @@ import argparse
 import random
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from appliance import people  # noqa: E402
-from appliance.box import open_box  # noqa: E402
-from appliance.counting import items, rollups, runs, sessions  # noqa: E402
-from appliance.demo import seed_demo  # noqa: E402
-from appliance.people import User  # noqa: E402
-from appliance.settings import load_settings  # noqa: E402
+from appliance import people
+from appliance.box import open_box
+from appliance.counting import items, rollups, runs, sessions
+from appliance.demo import seed_demo
+from appliance.people import User
+from appliance.settings import load_settings
 
 
 def timed(fn: object, repeat: int) -> float:
@@ -82,7 +79,9 @@ def main() -> None:
         build_s = time.perf_counter() - build_start
         counters = conn.execute("SELECT count(*) FROM scan_counts").fetchone()[0]
 
-        baseline_ms = timed(lambda: conn.execute("SELECT count(*), sum(p - n) FROM scan_counts").fetchone(), args.repeat)
+        baseline_ms = timed(
+            lambda: conn.execute("SELECT count(*), sum(p - n) FROM scan_counts").fetchone(), args.repeat
+        )
         rollup_ms = timed(lambda: rollups.run_rollup(conn, run_id), args.repeat)
         buckets_ms = timed(lambda: rollups.buckets(conn, run_id), args.repeat)
         both_ms = timed(lambda: (rollups.run_rollup(conn, run_id), rollups.buckets(conn, run_id)), args.repeat)

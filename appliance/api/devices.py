@@ -1,0 +1,108 @@
+"""Pairing handhelds, and the devices list a supervisor manages (rename, revoke, quarantine)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+import msgspec
+from litestar import Request, get, patch, post
+from litestar.datastructures import State
+from litestar.handlers import HTTPRouteHandler
+
+from appliance import devices
+from appliance.box import Box
+from appliance.errors import ValidationFailed
+from appliance.people import LoginThrottle, User
+
+
+class PairRequest(msgspec.Struct, forbid_unknown_fields=True):
+    code: str
+    name: str
+    public_key: str
+
+
+class Rename(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+
+
+class Revoke(msgspec.Struct, forbid_unknown_fields=True):
+    reason: str
+
+
+class QuarantineDecision(msgspec.Struct, forbid_unknown_fields=True):
+    writer_id: str
+    session_id: str
+    decision: str
+    reason: str
+
+
+@post("/api/devices/pairing-codes", opt={"permission": "devices.manage"}, sync_to_thread=True, status_code=201)
+def pairing_code(box: Box, user: User, request: Request[Any, Any, State]) -> dict[str, Any]:
+    made = box.db.write(lambda conn: devices.make_pairing_code(conn, user))
+    base = str(request.base_url).rstrip("/")
+    query = urlencode({"box": base, "code": made["code"], "store": box.node.store_id})
+    return {**made, "qr": f"stockverify://pair?{query}"}
+
+
+@post("/api/devices/pair", opt={"public": True}, sync_to_thread=True, status_code=201)
+def pair(data: PairRequest, box: Box, request: Request[Any, Any, State]) -> dict[str, Any]:
+    throttle: LoginThrottle = request.app.state.login_throttle
+    throttle.check(request.client.host if request.client else "?", "device pairing")
+    try:
+        public_key = bytes.fromhex(data.public_key)
+    except ValueError:
+        raise ValidationFailed("public_key must be hex", details={"field": "public_key"}) from None
+    made = box.db.write(
+        lambda conn: devices.pair(
+            conn, box.log, box.node.store_id, code=data.code, name=data.name, public_key=public_key
+        )
+    )
+    return {
+        **made,
+        "store_id": box.node.store_id,
+        "node_id": box.node.node_id,
+        "head_seq": 0,
+        "server_hlc": box.log.clock.now(),
+    }
+
+
+@get("/api/devices", opt={"permission": "devices.read"}, sync_to_thread=True)
+def list_devices(box: Box) -> list[dict[str, Any]]:
+    return devices.list_devices(box.db.read())
+
+
+@patch("/api/devices/{writer_id:str}", opt={"permission": "devices.manage"}, sync_to_thread=True)
+def rename(writer_id: str, data: Rename, box: Box, user: User) -> dict[str, Any]:
+    box.db.write(lambda conn: devices.rename(conn, box.log, user, writer_id, data.name))
+    return {"writer_id": writer_id, "name": data.name.strip()}
+
+
+@post("/api/devices/{writer_id:str}/revoke", opt={"permission": "devices.manage"}, sync_to_thread=True, status_code=200)
+def revoke(writer_id: str, data: Revoke, box: Box, user: User) -> dict[str, Any]:
+    box.db.write(lambda conn: devices.revoke(conn, box.log, user, writer_id, data.reason))
+    return {"writer_id": writer_id, "status": "revoked", "quarantine": devices.quarantine(box.db.read())}
+
+
+@get("/api/quarantine", opt={"permission": "devices.read"}, sync_to_thread=True)
+def quarantine(box: Box) -> list[dict[str, Any]]:
+    return devices.quarantine(box.db.read())
+
+
+@post("/api/quarantine/decide", opt={"permission": "devices.manage"}, sync_to_thread=True, status_code=200)
+def decide(data: QuarantineDecision, box: Box, user: User) -> list[dict[str, Any]]:
+    box.db.write(
+        lambda conn: devices.decide_quarantine(
+            conn,
+            box.log,
+            user,
+            writer_id=data.writer_id,
+            session_id=data.session_id,
+            decision=data.decision,
+            reason=data.reason,
+        )
+    )
+    return devices.quarantine(box.db.read())
+
+
+ROUTES: list[HTTPRouteHandler] = [pairing_code, pair, list_devices, rename, revoke, quarantine, decide]
