@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Request, Response
@@ -14,15 +18,32 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
 
 from appliance import __version__
-from appliance.api import conflicts, devices, health, layout, products, runs, session, sessions, sync, users
+from appliance import locks as locks_domain
+from appliance.api import (
+    conflicts,
+    devices,
+    health,
+    layout,
+    live,
+    locks,
+    products,
+    runs,
+    session,
+    sessions,
+    sync,
+    users,
+)
 from appliance.api import log as log_api
 from appliance.api.deps import authorize, provide_box, provide_device, provide_user
 from appliance.box import Box
 from appliance.errors import StockVerifyError
 from appliance.people import LoginThrottle, Passwords
+from replication.hlc import wall_ms
 from web import routes as web_routes
 
 log = logging.getLogger(__name__)
+
+LEASE_WATCH_S = 0.5
 
 API_ROUTES: list[HTTPRouteHandler] = [
     *health.ROUTES,
@@ -35,6 +56,8 @@ API_ROUTES: list[HTTPRouteHandler] = [
     *conflicts.ROUTES,
     *devices.ROUTES,
     *sync.ROUTES,
+    *live.ROUTES,
+    *locks.ROUTES,
     *log_api.ROUTES,
 ]
 
@@ -79,6 +102,57 @@ def _check_declared(routes: list[HTTPRouteHandler]) -> None:
         raise RuntimeError(f"routes without a declared permission: {missing}")
 
 
+async def _bind_bus(app: Litestar) -> None:
+    """The live bus delivers on the server's event loop, which exists only once the app starts."""
+    box: Box = app.state.box
+    box.bus.bind(asyncio.get_running_loop())
+
+
+def _expired(box: Box, since_ms: int, until_ms: int) -> list[dict[str, Any]]:
+    return locks_domain.expired_leases(box.db.read(), since_ms, until_ms)
+
+
+@asynccontextmanager
+async def _lease_watch(app: Litestar) -> AsyncIterator[None]:
+    """A lease lapses by itself, with no event to mark it; this tells live listeners when one has."""
+    box: Box = app.state.box
+
+    async def watch() -> None:
+        last = wall_ms()
+        while True:
+            await asyncio.sleep(LEASE_WATCH_S)
+            now = wall_ms()
+            lapsed = await asyncio.to_thread(_expired, box, last, now)
+            last = now
+            box.bus.publish(
+                [
+                    (
+                        None,
+                        {
+                            "kind": "rack",
+                            "type": "lease.lapsed",
+                            "state": "available",
+                            "lapsed": True,
+                            "run_id": row["run_id"],
+                            "rack_id": row["rack_id"],
+                            "rack": row["code"],
+                            "holder": row["user_id"],
+                            "token": row["token"],
+                        },
+                    )
+                    for row in lapsed
+                ]
+            )
+
+    task = asyncio.create_task(watch(), name="lease-watch")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def create_app(box: Box) -> Litestar:
     _check_declared(API_ROUTES)
     routes: list[ControllerRouterHandler] = [*API_ROUTES, *web_routes.ROUTES]
@@ -102,6 +176,8 @@ def create_app(box: Box) -> Litestar:
         exception_handlers={Exception: _error_response},
         openapi_config=OpenAPIConfig(title="StockVerify Edge", version=__version__),
         request_max_body_size=settings.max_request_bytes,
+        on_startup=[_bind_bus],
+        lifespan=[_lease_watch],
         on_shutdown=[box.close],
         logging_config=None,  # the CLI's key=value formatter stays in charge
         debug=False,

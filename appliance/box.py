@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Importing the domain modules registers their projectors with the event log.
-from appliance import counting, layout, people, products  # noqa: F401
+from appliance import counting, devices, layout, locks, people, products  # noqa: F401
 from appliance.db import Database, connect
 from appliance.errors import Unavailable
 from appliance.eventlog import EventLog, enroll_writer, new_id
 from appliance.identity import Node, insert_node, load_or_create_key, public_bytes, read_node
+from appliance.live import EventBus, LogTap
 from appliance.migrations import migrate
 from appliance.settings import Settings
 from replication.hlc import HybridClock
@@ -31,6 +32,7 @@ class Box:
     db: Database
     node: Node
     log: EventLog
+    bus: EventBus
     created: bool  # True when this start made the store
 
     def close(self) -> None:
@@ -73,7 +75,13 @@ def open_box(settings: Settings) -> Box:
     db = Database(settings.db_path)
     event_log = EventLog(node.node_id, key, HybridClock(last_hlc))
     db.add_job_hook(event_log.sign_head)
-    box = Box(settings=settings, db=db, node=node, log=event_log, created=created)
+    bus = EventBus()
+    tap = LogTap(bus)
+    event_log.listeners.append(tap.appended)
+    db.add_job_hook(tap.job_done)
+    db.add_failure_hooks(tap.job_failed, tap.rolled_back)
+    db.add_commit_hook(tap.committed)
+    box = Box(settings=settings, db=db, node=node, log=event_log, bus=bus, created=created)
 
     if created:
 

@@ -182,3 +182,8 @@ def doctor(config: Path | None, data_dir: Path | None, as_json: bool) -> None:
             click.echo(f"[{check.status.upper():4}] {check.name}: {check.detail}")
     if any(c.status == "fail" for c in checks):
         sys.exit(1)
+
+
+from replication.device_cli import device  # noqa: E402  (registered last: the device group is its own module)
+
+main.add_command(device)

@@ -76,7 +76,9 @@ class Database:
         self._readers_lock = threading.Lock()
         self._jobs: queue.SimpleQueue[tuple[Job, Future[Any]] | _Stop] = queue.SimpleQueue()
         self._job_hooks: list[JobHook] = []
+        self._job_failed_hooks: list[Callable[[], None]] = []
         self._commit_hooks: list[Callable[[], None]] = []
+        self._rollback_hooks: list[Callable[[], None]] = []
         self._writer_conn = connect(path)
         self._thread = threading.Thread(target=self._run_writer, name="sqlite-writer", daemon=True)
         self._closed = False
@@ -91,6 +93,12 @@ class Database:
     def add_commit_hook(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` on the writer thread after every successful COMMIT (e.g. wake live listeners)."""
         self._commit_hooks.append(hook)
+
+    def add_failure_hooks(self, job_failed: Callable[[], None], rolled_back: Callable[[], None]) -> None:
+        """Run ``job_failed`` when a job is rolled back to its savepoint, ``rolled_back`` when a whole
+        group is, so that whatever a hook collected for those jobs is forgotten."""
+        self._job_failed_hooks.append(job_failed)
+        self._rollback_hooks.append(rolled_back)
 
     # -- reading -------------------------------------------------------------------------------
     def read(self) -> sqlite3.Connection:
@@ -151,6 +159,8 @@ class Database:
                 except BaseException as exc:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
+                    for forget in self._job_failed_hooks:
+                        forget()
                     outcomes.append((False, exc))
                 else:
                     conn.execute("RELEASE job")
@@ -161,6 +171,8 @@ class Database:
             log.exception("write transaction failed; %d jobs rolled back", len(group))
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            for forget in self._rollback_hooks:
+                forget()
             for _job, future in group:
                 future.set_exception(exc)
             return

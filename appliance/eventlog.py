@@ -106,6 +106,7 @@ class EventLog:
         self._key = signing_key
         self.clock = clock
         self._unsigned = False  # touched only on the writer thread
+        self.listeners: list[Callable[[int, Event], None]] = []  # told of every append (live bus)
 
     # -- the record path ---------------------------------------------------------------------
     def append(self, conn: sqlite3.Connection, event: Event) -> None:
@@ -128,7 +129,7 @@ class EventLog:
                 details={"expected_seq": head["head_seq"] + 1},
             )
         digest = event.hash
-        conn.execute(
+        cursor = conn.execute(
             "INSERT INTO events (writer_id, seq, event_id, type, payload, hlc, occurred_at, prev_hash,"
             " hash, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -149,6 +150,8 @@ class EventLog:
             (event.seq, digest, event.writer_id),
         )
         apply(conn, event)
+        for listener in self.listeners:
+            listener(cursor.lastrowid or 0, event)
 
     def record(self, conn: sqlite3.Connection, event_type: str, payload: dict[str, Any]) -> Event:
         """Append an event written by this box itself (a command it carried out)."""

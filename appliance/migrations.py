@@ -183,7 +183,8 @@ def m003_counting(conn: sqlite3.Connection) -> None:
             status_rank    INTEGER NOT NULL DEFAULT 0,
             status_reason  TEXT NOT NULL DEFAULT '',
             status_by      TEXT NOT NULL DEFAULT '',
-            status_hlc     INTEGER NOT NULL DEFAULT 0
+            status_hlc     INTEGER NOT NULL DEFAULT 0,
+            status_writer  TEXT NOT NULL DEFAULT ''
         ) STRICT;
 
         -- What a directed run covers (grow-only sets).
@@ -221,7 +222,8 @@ def m003_counting(conn: sqlite3.Connection) -> None:
             status_rank      INTEGER NOT NULL DEFAULT 0,
             status_reason    TEXT NOT NULL DEFAULT '',
             status_by        TEXT NOT NULL DEFAULT '',
-            status_hlc       INTEGER NOT NULL DEFAULT 0
+            status_hlc       INTEGER NOT NULL DEFAULT 0,
+            status_writer    TEXT NOT NULL DEFAULT ''
         ) STRICT;
         CREATE INDEX sessions_by_run ON sessions (run_id);
         CREATE INDEX sessions_by_verifier ON sessions (verifier_id, status_rank);
@@ -435,11 +437,76 @@ def m004_devices(conn: sqlite3.Connection) -> None:
     )
 
 
+def m005_locks(conn: sqlite3.Connection) -> None:
+    run_script(
+        conn,
+        """
+        -- Rack state per run, folded from rack moves; a move counts only if its fencing token is the
+        -- newest seen (ties by HLC), so replicas agree whatever order the moves arrive in.
+        CREATE TABLE rack_states (
+            run_id      TEXT NOT NULL,
+            rack_id     TEXT NOT NULL,
+            state       TEXT NOT NULL,
+            session_id  TEXT,
+            user_id     TEXT,
+            device_id   TEXT,
+            token       INTEGER NOT NULL,
+            hlc         INTEGER NOT NULL,
+            reason      TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (run_id, rack_id)
+        ) STRICT, WITHOUT ROWID;
+
+        -- Scans made under a rack lease, by the token they carried: a token older than the rack's
+        -- current one means the lease had passed to someone else (a late_lease conflict).
+        CREATE TABLE lease_scans (
+            session_id  TEXT NOT NULL,
+            rack_id     TEXT NOT NULL,
+            writer_id   TEXT NOT NULL,
+            token       INTEGER NOT NULL,
+            code        TEXT NOT NULL,
+            qty         INTEGER NOT NULL,
+            PRIMARY KEY (session_id, rack_id, writer_id, token, code)
+        ) STRICT, WITHOUT ROWID;
+        CREATE TABLE lease_voids (
+            conflict_id  TEXT PRIMARY KEY
+        ) STRICT;
+
+        -- The lock authority's own state: not events, not replicated (DESIGN §6).
+        CREATE TABLE lock_authority (
+            singleton  INTEGER PRIMARY KEY CHECK (singleton = 1),
+            epoch      INTEGER NOT NULL,
+            counter    INTEGER NOT NULL
+        ) STRICT;
+        INSERT INTO lock_authority (singleton, epoch, counter) VALUES (1, 1, 0);
+        CREATE TABLE rack_leases (
+            run_id      TEXT NOT NULL,
+            rack_id     TEXT NOT NULL,
+            session_id  TEXT NOT NULL,
+            user_id     TEXT NOT NULL,
+            device_id   TEXT,
+            token       INTEGER NOT NULL,
+            expires_at  INTEGER NOT NULL,
+            PRIMARY KEY (run_id, rack_id)
+        ) STRICT, WITHOUT ROWID;
+        CREATE INDEX rack_leases_by_device ON rack_leases (device_id);
+        CREATE INDEX rack_leases_by_user ON rack_leases (user_id);
+        CREATE TABLE session_locks (
+            session_id  TEXT PRIMARY KEY,
+            user_id     TEXT NOT NULL,
+            device_id   TEXT NOT NULL,
+            token       INTEGER NOT NULL,
+            expires_at  INTEGER NOT NULL
+        ) STRICT;
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, Migration]] = [
     (1, m001_foundation),
     (2, m002_login_tokens),
     (3, m003_counting),
     (4, m004_devices),
+    (5, m005_locks),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -19,6 +19,7 @@ _OVERSIGHT = frozenset({"supervisor", "admin", "auditor"})
 PERMISSIONS: dict[str, frozenset[str]] = {
     # Everyone who can log in.
     "session.me": _ALL,
+    "live.read": _ALL,
     "layout.read": _ALL,
     "products.read": _ALL,
     # Expected on-hand quantities are never shown to verifiers (blind counting).

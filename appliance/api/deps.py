@@ -57,7 +57,9 @@ def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRoute
     if not isinstance(permission, str):
         raise Forbidden("this route declares no permission, so nobody may use it")
     box: Box = connection.app.state.box
-    user = user_for_token(box.db.read(), bearer_token(connection))
+    # A browser's EventSource cannot send headers, so the live stream also takes ?access_token=.
+    query_token = connection.query_params.get("access_token") if handler.opt.get("token_in_query") else None
+    user = user_for_token(box.db.read(), query_token or bearer_token(connection))
     if not allowed(permission, user.role):
         raise Forbidden(
             f"a {user.role} may not do this ({permission})",

@@ -9,7 +9,7 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 
-from appliance import devices, sync
+from appliance import devices, locks, sync
 from appliance.box import Box
 from appliance.counting import items, rollups, sessions
 from appliance.devices import Device
@@ -31,6 +31,7 @@ async def batch(request: Request[Any, Any, State], box: Box, device: Device) -> 
     if refused is None:
         outcome = await box.db.awrite(lambda conn: sync.ingest(conn, box.log, device, events, wire.head.signature))
         conflicts = sync.flagged(box.db.read(), outcome.stored) if outcome.stored else []
+        box.bus.publish([(None, {"kind": "conflict", "type": "conflict.flagged", **c}) for c in conflicts])
     else:
         outcome, conflicts = refused, []
     answer = {
@@ -56,16 +57,33 @@ def _device_sessions(box: Box, device: Device) -> list[dict[str, Any]]:
 @post("/api/sync/heartbeat", opt={"device": True}, sync_to_thread=True, status_code=200)
 def heartbeat(data: Heartbeat, box: Box, device: Device, request: Request[Any, Any, State]) -> dict[str, Any]:
     address = request.client.host if request.client else ""
-    box.db.write(
-        lambda conn: devices.record_presence(
+
+    def beat(conn: Any) -> int:
+        devices.record_presence(
             conn, device.writer_id, queue_depth=max(data.queue_depth, 0), app_version=data.app_version, address=address
         )
+        return locks.renew(conn, ttl_ms=box.settings.lease_ttl_s * 1000, device_id=device.writer_id)
+
+    renewed = box.db.write(beat)
+    box.bus.publish(
+        [
+            (
+                None,
+                {
+                    "kind": "presence",
+                    "writer_id": device.writer_id,
+                    "queue_depth": data.queue_depth,
+                    "renewed": renewed,
+                },
+            )
+        ]
     )
     head = box.db.read().execute("SELECT head_seq FROM writers WHERE writer_id = ?", (device.writer_id,)).fetchone()
     return {
         "server_hlc": box.log.clock.now(),
         "head_seq": head[0],
         "revoked": False,
+        "leases_renewed": renewed,
         "lease_renew_s": box.settings.lease_renew_s,
         "sessions": _device_sessions(box, device),
     }

@@ -7,11 +7,14 @@ resolution recorded on one box applies to the same conflict everywhere.
 
 Kinds: ``serial_duplicate`` (a serial on two items of one run), ``damage_exceeds`` (damage qty above
 the verified qty), ``mfg_date_impossible`` (in the future when recorded, or before 1970),
-``barcode_mismatch`` (a scan made while verifying one product resolves to another).
+``barcode_mismatch`` (a scan made while verifying one product resolves to another), ``late_lease``
+(scans made under a rack lease that had already passed to someone else; rejecting them stops them
+counting).
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 
@@ -55,6 +58,16 @@ _MFG = """
     WHERE a.name = 'mfg_date' AND a.value IS NOT NULL AND se.status != 'VOID'
       AND (a.value > date((a.hlc >> 16) / 1000, 'unixepoch') OR a.value < '1970-01-01') {run_filter}
 """
+_LATE_LEASE = """
+    SELECT se.run_id, ls.session_id, ls.rack_id, r.code AS rack, ls.writer_id, ls.token, rs.token AS current_token,
+           sum(ls.qty) AS qty, json_group_array(json_array(ls.code, ls.qty)) AS codes
+    FROM lease_scans ls
+    JOIN sessions se ON se.session_id = ls.session_id
+    JOIN rack_states rs ON rs.run_id = se.run_id AND rs.rack_id = ls.rack_id
+    LEFT JOIN racks r ON r.rack_id = ls.rack_id
+    WHERE ls.token < rs.token AND se.status != 'VOID' {run_filter}
+    GROUP BY ls.session_id, ls.rack_id, ls.writer_id, ls.token
+"""
 _BARCODE = """
     SELECT se.run_id, c.session_id, c.event_id, c.code, c.product_id AS claimed, s.product_id AS resolved, c.qty
     FROM scan_claims c JOIN scan_codes s ON s.code = c.code JOIN sessions se ON se.session_id = c.session_id
@@ -70,8 +83,6 @@ def _query(conn: sqlite3.Connection, sql: str, run_id: str | None) -> list[sqlit
 
 
 def detect(conn: sqlite3.Connection, run_id: str | None = None) -> list[dict[str, Any]]:
-    import json
-
     found: list[dict[str, Any]] = []
     for row in _query(conn, _SERIALS, run_id):
         found.append(
@@ -104,6 +115,22 @@ def detect(conn: sqlite3.Connection, run_id: str | None = None) -> list[dict[str
                 "session_id": row["session_id"],
                 "product_id": row["product_id"],
                 "mfg_date": row["value"],
+            }
+        )
+    for row in _query(conn, _LATE_LEASE, run_id):
+        found.append(
+            {
+                "conflict_id": f"late_lease:{row['session_id']}:{row['rack_id']}:{row['writer_id']}:{row['token']}",
+                "kind": "late_lease",
+                "run_id": row["run_id"],
+                "session_id": row["session_id"],
+                "rack_id": row["rack_id"],
+                "rack": row["rack"],
+                "writer_id": row["writer_id"],
+                "token": row["token"],
+                "current_token": row["current_token"],
+                "qty": row["qty"],
+                "codes": json.loads(row["codes"]),
             }
         )
     for row in _query(conn, _BARCODE, run_id):
@@ -200,6 +227,32 @@ def _take_back(
         items.remove_serial(
             conn, log, actor, claim["session_id"], claim["product_id"], conflict["serial"], supervising=True
         )
+    elif kind == "late_lease":
+        log.record(
+            conn,
+            "lease_scans.voided",
+            {
+                "conflict_id": conflict["conflict_id"],
+                "session_id": conflict["session_id"],
+                "rack_id": conflict["rack_id"],
+                "writer_id": conflict["writer_id"],
+                "codes": conflict["codes"],
+                "by": actor.user_id,
+            },
+        )
+
+
+@projector("lease_scans.voided")
+def _lease_scans_voided(conn: sqlite3.Connection, event: Event) -> None:
+    # Scans made under a lease that had passed on no longer count: negated once, on their own entries.
+    p = event.payload
+    if conn.execute("INSERT OR IGNORE INTO lease_voids (conflict_id) VALUES (?)", (p["conflict_id"],)).rowcount:
+        for code, qty in p["codes"]:
+            conn.execute(
+                "INSERT INTO scan_counts (session_id, rack_id, code, writer_id, p, n, last_hlc)"
+                " VALUES (?, ?, ?, ?, 0, ?, 0) ON CONFLICT DO UPDATE SET n = n + excluded.n",
+                (p["session_id"], p["rack_id"], code, p["writer_id"], qty),
+            )
 
 
 def _apply_edits(

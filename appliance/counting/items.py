@@ -113,13 +113,17 @@ def record_scan(
         raise ValidationFailed(f"code must be 1-{MAX_CODE} characters", details={"field": "code"})
     if product_id is not None:
         _product(conn, product_id)
+    from appliance.locks import lease_token  # locks builds on this package; imported late
+
+    rack_id = _session_rack(conn, session, rack_code)
     payload = {
         "session_id": session_id,
         "code": scanned,
         "qty": _check_qty(qty),
-        "rack_id": _session_rack(conn, session, rack_code),
+        "rack_id": rack_id,
         "product_id": product_id,
-        "token": None,
+        # The fencing token of the verifier's lease on the rack, if they hold one.
+        "token": lease_token(conn, session["run_id"], rack_id, actor.user_id) if rack_id else None,
         "by": actor.user_id,
     }
     return log.record(conn, "scan.recorded", payload)

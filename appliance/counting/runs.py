@@ -323,9 +323,20 @@ def _run_status_changed(conn: sqlite3.Connection, event: Event) -> None:
     rank = RUN_RANK[p["status"]]
     _ensure(conn, p["run_id"])
     conn.execute(
-        "UPDATE runs SET status = ?, status_rank = ?, status_reason = ?, status_by = ?, status_hlc = ?"
-        " WHERE run_id = ? AND (status_rank, status_hlc) < (?, ?)",
-        (p["status"], rank, p["reason"], p["by"], event.hlc, p["run_id"], rank, event.hlc),
+        "UPDATE runs SET status = ?, status_rank = ?, status_reason = ?, status_by = ?, status_hlc = ?,"
+        " status_writer = ? WHERE run_id = ? AND (status_rank, status_hlc, status_writer) < (?, ?, ?)",
+        (
+            p["status"],
+            rank,
+            p["reason"],
+            p["by"],
+            event.hlc,
+            event.writer_id,
+            p["run_id"],
+            rank,
+            event.hlc,
+            event.writer_id,
+        ),
     )
     if "expected" in p:
         conn.executemany(

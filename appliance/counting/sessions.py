@@ -279,7 +279,8 @@ def _session_status_changed(conn: sqlite3.Connection, event: Event) -> None:
     _ensure(conn, p["session_id"])
     conn.execute(
         "UPDATE sessions SET status = ?, status_round = ?, status_rank = ?, status_reason = ?, status_by = ?,"
-        " status_hlc = ? WHERE session_id = ? AND (status_round, status_rank, status_hlc) < (?, ?, ?)",
+        " status_hlc = ?, status_writer = ? WHERE session_id = ?"
+        " AND (status_round, status_rank, status_hlc, status_writer) < (?, ?, ?, ?)",
         (
             p["status"],
             p["round"],
@@ -287,10 +288,12 @@ def _session_status_changed(conn: sqlite3.Connection, event: Event) -> None:
             p["reason"],
             p["by"],
             event.hlc,
+            event.writer_id,
             p["session_id"],
             p["round"],
             rank,
             event.hlc,
+            event.writer_id,
         ),
     )
 

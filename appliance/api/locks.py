@@ -1,0 +1,181 @@
+"""Rack claims and moves, session locks, and the rack board of a run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import delete, get, post
+from litestar.handlers import HTTPRouteHandler
+
+from appliance import locks
+from appliance.box import Box
+from appliance.people import User
+
+
+class Claim(msgspec.Struct, forbid_unknown_fields=True):
+    session_id: str
+    device_id: str | None = None
+
+
+class Reason(msgspec.Struct, forbid_unknown_fields=True):
+    reason: str
+
+
+class SessionLock(msgspec.Struct, forbid_unknown_fields=True):
+    device_id: str
+
+
+def _ttl_ms(box: Box) -> int:
+    return box.settings.lease_ttl_s * 1000
+
+
+@get("/api/runs/{run_id:str}/racks", opt={"permission": "sessions.read"}, sync_to_thread=True)
+def rack_board(box: Box, run_id: str) -> list[dict[str, Any]]:
+    return locks.rack_board(box.db.read(), run_id)
+
+
+@post(
+    "/api/runs/{run_id:str}/racks/{rack:str}/claim",
+    opt={"permission": "sessions.count"},
+    sync_to_thread=True,
+    status_code=201,
+)
+def claim(run_id: str, rack: str, data: Claim, box: Box, user: User) -> dict[str, Any]:
+    """Exactly one claimant wins; the others get RACK_CLAIMED naming the holder."""
+    return box.db.write(
+        lambda conn: locks.claim_rack(
+            conn,
+            box.log,
+            user,
+            run_id=run_id,
+            rack_code=rack,
+            session_id=data.session_id,
+            device_id=data.device_id,
+            ttl_ms=_ttl_ms(box),
+            authority=box.settings.lock_authority,
+        )
+    )
+
+
+@post(
+    "/api/runs/{run_id:str}/racks/{rack:str}/{action:str}",
+    opt={"permission": "sessions.count"},
+    sync_to_thread=True,
+    status_code=200,
+)
+def move(run_id: str, rack: str, action: str, box: Box, user: User) -> dict[str, Any]:
+    """The holder's moves: start, pause, resume, finish, release."""
+    return box.db.write(
+        lambda conn: locks.move_rack(
+            conn,
+            box.log,
+            user,
+            run_id=run_id,
+            rack_code=rack,
+            action=action,
+            ttl_ms=_ttl_ms(box),
+            authority=box.settings.lock_authority,
+        )
+    )
+
+
+@post(
+    "/api/runs/{run_id:str}/racks/{rack:str}/force-release",
+    opt={"permission": "sessions.manage"},
+    sync_to_thread=True,
+    status_code=200,
+)
+def force_release(run_id: str, rack: str, data: Reason, box: Box, user: User) -> dict[str, Any]:
+    return box.db.write(
+        lambda conn: locks.supervise_rack(
+            conn, box.log, user, run_id=run_id, rack_code=rack, action="force_release", reason=data.reason
+        )
+    )
+
+
+@post(
+    "/api/runs/{run_id:str}/racks/{rack:str}/reverify",
+    opt={"permission": "sessions.manage"},
+    sync_to_thread=True,
+    status_code=200,
+)
+def reverify(run_id: str, rack: str, data: Reason, box: Box, user: User) -> dict[str, Any]:
+    return box.db.write(
+        lambda conn: locks.supervise_rack(
+            conn, box.log, user, run_id=run_id, rack_code=rack, action="reverify", reason=data.reason
+        )
+    )
+
+
+@post("/api/leases/renew", opt={"permission": "sessions.count"}, sync_to_thread=True, status_code=200)
+def renew(box: Box, user: User) -> dict[str, Any]:
+    """The browser handheld's heartbeat (paired devices renew through /api/sync/heartbeat)."""
+    renewed = box.db.write(lambda conn: locks.renew(conn, ttl_ms=_ttl_ms(box), user_id=user.user_id))
+    return {"renewed": renewed, "lease_renew_s": box.settings.lease_renew_s}
+
+
+@get(
+    "/api/sessions/{session_id:str}/lock",
+    opt={"permission": "sessions.read"},
+    sync_to_thread=True,
+    operation_id="GetSessionLock",
+)
+def get_lock(box: Box, session_id: str) -> dict[str, Any]:
+    return {"session_id": session_id, "lock": locks.session_lock(box.db.read(), session_id)}
+
+
+@post(
+    "/api/sessions/{session_id:str}/lock",
+    opt={"permission": "sessions.count"},
+    sync_to_thread=True,
+    status_code=200,
+    operation_id="LockSession",
+)
+def lock(session_id: str, data: SessionLock, box: Box, user: User) -> dict[str, Any]:
+    return box.db.write(
+        lambda conn: locks.lock_session(
+            conn,
+            box.log,
+            user,
+            session_id=session_id,
+            device_id=data.device_id,
+            ttl_ms=_ttl_ms(box),
+            authority=box.settings.lock_authority,
+        )
+    )
+
+
+@delete(
+    "/api/sessions/{session_id:str}/lock", opt={"permission": "sessions.count"}, sync_to_thread=True, status_code=200
+)
+def release(session_id: str, box: Box, user: User) -> dict[str, Any]:
+    box.db.write(lambda conn: locks.release_session(conn, box.log, user, session_id=session_id))
+    return {"session_id": session_id, "lock": None}
+
+
+@post(
+    "/api/sessions/{session_id:str}/lock/force-release",
+    opt={"permission": "sessions.manage"},
+    sync_to_thread=True,
+    status_code=200,
+)
+def force_release_lock(session_id: str, data: Reason, box: Box, user: User) -> dict[str, Any]:
+    box.db.write(
+        lambda conn: locks.release_session(conn, box.log, user, session_id=session_id, reason=data.reason, force=True)
+    )
+    return {"session_id": session_id, "lock": None}
+
+
+ROUTES: list[HTTPRouteHandler] = [
+    rack_board,
+    claim,
+    force_release,
+    reverify,
+    move,
+    renew,
+    get_lock,
+    lock,
+    release,
+    force_release_lock,
+]
