@@ -124,7 +124,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "demo": _bool,
     "log_level": _choice("debug", "info", "warning", "error"),
     "token_ttl_s": _int(60, 30 * 24 * 3600),
-    "lease_ttl_s": _int(5, 3600),
+    "lease_ttl_s": _int(2, 3600),
     "lease_renew_s": _int(1, 3600),
     "lock_authority": _bool,
     "max_request_bytes": _int(1024, 1024 * 1024 * 1024),
