@@ -330,8 +330,10 @@ def m003_counting(conn: sqlite3.Connection) -> None:
         ) STRICT, WITHOUT ROWID;
 
         -- Supervisors' answers: conflict resolutions, variance decisions, tolerances (all LWW).
+        -- fingerprint: the state the supervisor saw; if the data changes, the conflict opens again.
         CREATE TABLE conflict_resolutions (
             conflict_id  TEXT PRIMARY KEY,
+            fingerprint  TEXT NOT NULL,
             action       TEXT NOT NULL,
             reason       TEXT NOT NULL,
             by_user      TEXT NOT NULL,

@@ -6,6 +6,7 @@ a recount is blind to both.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
@@ -228,12 +229,19 @@ async def add_photo(
     """The photo is the raw body with its image content type; it is kept on disk by its hash."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
     data = await request.body()
-    digest = items.store_photo(box.settings.data_dir / "photos", data, content_type)
-    await box.db.awrite(
-        lambda conn: items.attach_photo(
-            conn, box.log, user, session_id, product_id, sha256=digest, content_type=content_type, size=len(data)
+    photos_dir = box.settings.data_dir / "photos"
+    # Checked before the file is written, so a refused upload leaves nothing on the disk.
+    items.check_photo_target(box.db.read(), user, session_id, product_id)
+    digest = await asyncio.to_thread(items.store_photo, photos_dir, data, content_type)
+    try:
+        await box.db.awrite(
+            lambda conn: items.attach_photo(
+                conn, box.log, user, session_id, product_id, sha256=digest, content_type=content_type, size=len(data)
+            )
         )
-    )
+    except Exception:
+        items.forget_photo(box.db.read(), photos_dir, digest)
+        raise
     return {"sha256": digest, "size": len(data)}
 
 

@@ -150,15 +150,29 @@ def detect(conn: sqlite3.Connection, run_id: str | None = None) -> list[dict[str
     return found
 
 
+def fingerprint(conflict: dict[str, Any]) -> str:
+    """The part of a conflict a supervisor judged: the numbers, dates or claims it showed."""
+    keys = {
+        "serial_duplicate": ("claims",),
+        "damage_exceeds": ("damage_qty", "qty"),
+        "mfg_date_impossible": ("mfg_date",),
+        "barcode_mismatch": ("qty",),
+        "late_lease": ("qty", "current_token"),
+    }[conflict["kind"]]
+    return json.dumps([conflict[key] for key in keys], sort_keys=True)
+
+
 def conflicts(conn: sqlite3.Connection, run_id: str | None = None, status: str = "open") -> list[dict[str, Any]]:
     """The queue: detected conflicts with their resolution, filtered by open / resolved / all."""
     resolutions = {
         r["conflict_id"]: dict(r)
-        for r in conn.execute("SELECT conflict_id, action, reason, by_user, hlc FROM conflict_resolutions")
+        for r in conn.execute("SELECT conflict_id, fingerprint, action, reason, by_user, hlc FROM conflict_resolutions")
     }
     out = []
     for conflict in detect(conn, run_id):
         resolution = resolutions.get(conflict["conflict_id"])
+        if resolution is not None and resolution.pop("fingerprint") != fingerprint(conflict):
+            resolution = None  # decided on other numbers than the ones now in the count: open again
         conflict["status"] = "resolved" if resolution else "open"
         conflict["resolution"] = resolution
         if status == "all" or conflict["status"] == status:
@@ -196,6 +210,7 @@ def resolve(
         {
             "conflict_id": conflict_id,
             "kind": conflict["kind"],
+            "fingerprint": fingerprint(conflict),
             "action": action,
             "reason": reason.strip(),
             "by": actor.user_id,
@@ -332,10 +347,11 @@ def _claim(conflict: dict[str, Any], edits: dict[str, Any]) -> dict[str, Any]:
 def _conflict_resolved(conn: sqlite3.Connection, event: Event) -> None:
     p = event.payload
     conn.execute(
-        "INSERT INTO conflict_resolutions (conflict_id, action, reason, by_user, hlc, writer_id)"
-        " VALUES (?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT DO UPDATE SET action = excluded.action, reason = excluded.reason, by_user = excluded.by_user,"
+        "INSERT INTO conflict_resolutions (conflict_id, fingerprint, action, reason, by_user, hlc, writer_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET fingerprint = excluded.fingerprint, action = excluded.action,"
+        " reason = excluded.reason, by_user = excluded.by_user,"
         " hlc = excluded.hlc, writer_id = excluded.writer_id"
         " WHERE (excluded.hlc, excluded.writer_id) > (conflict_resolutions.hlc, conflict_resolutions.writer_id)",
-        (p["conflict_id"], p["action"], p["reason"], p["by"], event.hlc, event.writer_id),
+        (p["conflict_id"], p.get("fingerprint", ""), p["action"], p["reason"], p["by"], event.hlc, event.writer_id),
     )

@@ -49,6 +49,9 @@ def _counting_session(conn: sqlite3.Connection, actor: User, session_id: str, su
     """The session a change goes into. A supervisor resolving a conflict may also change a
     SUBMITTED session (that is when conflicts get reviewed); nobody changes APPROVED or VOID ones."""
     session = get_session(conn, session_id)
+    run_status = conn.execute("SELECT status FROM runs WHERE run_id = ?", (session["run_id"],)).fetchone()
+    if run_status is None or run_status[0] != "IN_PROGRESS":
+        raise Conflict("counts change only while their run is in progress", code="RUN_NOT_IN_PROGRESS")
     if supervising:
         if session["status"] not in ("IN_PROGRESS", "SUBMITTED"):
             raise Conflict(f"a {session['status']} session can no longer change", code="SESSION_CLOSED")
@@ -334,6 +337,18 @@ def remove_serial(
             "by": actor.user_id,
         },
     )
+
+
+def check_photo_target(conn: sqlite3.Connection, actor: User, session_id: str, product_id: str) -> None:
+    """Everything ``attach_photo`` will check, asked before the photo touches the disk."""
+    _counting_session(conn, actor, session_id)
+    _product(conn, product_id)
+
+
+def forget_photo(conn: sqlite3.Connection, photos_dir: Path, digest: str) -> None:
+    """Remove a stored photo that ended up attached to nothing."""
+    if conn.execute("SELECT 1 FROM photos WHERE sha256 = ? LIMIT 1", (digest,)).fetchone() is None:
+        photo_path(photos_dir, digest).unlink(missing_ok=True)
 
 
 def store_photo(photos_dir: Path, data: bytes, content_type: str) -> str:

@@ -19,13 +19,15 @@ RUN_MOVES = {
 }
 
 SESSION_RANK = {"CREATED": 0, "ASSIGNED": 1, "IN_PROGRESS": 2, "SUBMITTED": 3, "APPROVED": 4, "VOID": 5}
-SESSION_MOVES = {
-    "CREATED": {"ASSIGNED", "VOID"},
-    "ASSIGNED": {"IN_PROGRESS", "VOID"},
-    "IN_PROGRESS": {"SUBMITTED", "VOID"},
-    "SUBMITTED": {"APPROVED", "VOID", "IN_PROGRESS"},  # back to IN_PROGRESS = sent back for recount
-    "APPROVED": set(),
-    "VOID": set(),
+# Each action names the states it may start from and the state it leads to; the same target can be
+# reached by two actions (start, send back) from different states, so moves are checked per action.
+SESSION_ACTIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "assign": (("CREATED",), "ASSIGNED"),
+    "start": (("ASSIGNED",), "IN_PROGRESS"),
+    "submit": (("IN_PROGRESS",), "SUBMITTED"),
+    "approve": (("SUBMITTED",), "APPROVED"),
+    "send_back": (("SUBMITTED",), "IN_PROGRESS"),
+    "void": (("CREATED", "ASSIGNED", "IN_PROGRESS", "SUBMITTED"), "VOID"),
 }
 # Sessions that tie their verifier (and device) up: nobody holds two of these at once.
 ACTIVE_SESSION = ("ASSIGNED", "IN_PROGRESS")
@@ -36,5 +38,5 @@ def run_can_move(current: str, target: str) -> bool:
     return target in RUN_MOVES[current]
 
 
-def session_can_move(current: str, target: str) -> bool:
-    return target in SESSION_MOVES[current]
+def session_can(action: str, current: str) -> bool:
+    return current in SESSION_ACTIONS[action][0]

@@ -250,6 +250,10 @@ def complete_run(
         reason=reason.strip(),
         extra={"forced": bool(open_sessions), "open_sessions": [s["session_id"] for s in open_sessions]},
     )
+    if open_sessions:
+        from appliance.counting.sessions import void_open_sessions
+
+        void_open_sessions(conn, log, actor, run_id, f"run completed by force: {reason.strip()}")
 
 
 def close_run(conn: sqlite3.Connection, log: EventLog, actor: User, run_id: str) -> None:
@@ -260,6 +264,9 @@ def cancel_run(conn: sqlite3.Connection, log: EventLog, actor: User, run_id: str
     if not reason.strip():
         raise ValidationFailed("cancelling a run needs a reason", code="REASON_REQUIRED")
     _move(conn, log, actor, get_run(conn, run_id), "CANCELLED", reason=reason.strip())
+    from appliance.counting.sessions import void_open_sessions
+
+    void_open_sessions(conn, log, actor, run_id, f"run cancelled: {reason.strip()}")
 
 
 # -- projections ----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from appliance.counting.lifecycle import ACTIVE_SESSION, SESSION_RANK, session_can_move
+from appliance.counting.lifecycle import ACTIVE_SESSION, SESSION_ACTIONS, SESSION_RANK, session_can
 from appliance.counting.runs import get_run
 from appliance.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from appliance.eventlog import EventLog, new_id, projection_tables, projector
@@ -75,16 +75,16 @@ def _status(
     log: EventLog,
     actor: User,
     session: sqlite3.Row,
-    target: str,
+    action: str,
     *,
     reason: str = "",
-    new_round: bool = False,
 ) -> None:
-    if not session_can_move(session["status"], target):
+    target = SESSION_ACTIONS[action][1]
+    if not session_can(action, session["status"]):
         raise Conflict(
-            f"a {session['status']} session cannot move to {target}",
+            f"a {session['status']} session cannot {action.replace('_', ' ')}",
             code="SESSION_INVALID_TRANSITION",
-            details={"from": session["status"], "to": target},
+            details={"from": session["status"], "to": target, "action": action},
         )
     log.record(
         conn,
@@ -92,7 +92,7 @@ def _status(
         {
             "session_id": session["session_id"],
             "status": target,
-            "round": session["status_round"] + (1 if new_round else 0),
+            "round": session["status_round"] + (1 if action == "send_back" else 0),
             "reason": reason,
             "by": actor.user_id,
         },
@@ -171,7 +171,7 @@ def _assign(
         },
     )
     if session["status"] == "CREATED":
-        _status(conn, log, actor, session, "ASSIGNED")
+        _status(conn, log, actor, session, "assign")
 
 
 def assign_session(
@@ -197,20 +197,20 @@ def start_session(conn: sqlite3.Connection, log: EventLog, actor: User, session_
     _require_actor(actor, session)
     if get_run(conn, session["run_id"])["status"] != "IN_PROGRESS":
         raise Conflict("the run has not started", code="RUN_NOT_IN_PROGRESS")
-    _status(conn, log, actor, session, "IN_PROGRESS")
+    _status(conn, log, actor, session, "start")
 
 
 def submit_session(conn: sqlite3.Connection, log: EventLog, actor: User, session_id: str) -> None:
     session = get_session(conn, session_id)
     _require_actor(actor, session)
-    _status(conn, log, actor, session, "SUBMITTED")
+    _status(conn, log, actor, session, "submit")
 
 
 def approve_session(conn: sqlite3.Connection, log: EventLog, actor: User, session_id: str) -> None:
     session = get_session(conn, session_id)
     if session["status"] == "SUBMITTED" and session["verifier_id"] == actor.user_id:
         raise Forbidden("a count is approved by someone other than its verifier", code="OWN_SESSION")
-    _status(conn, log, actor, session, "APPROVED")
+    _status(conn, log, actor, session, "approve")
 
 
 def send_back_session(conn: sqlite3.Connection, log: EventLog, actor: User, session_id: str, *, reason: str) -> None:
@@ -220,14 +220,26 @@ def send_back_session(conn: sqlite3.Connection, log: EventLog, actor: User, sess
         raise ValidationFailed("sending a session back needs a reason", code="REASON_REQUIRED")
     if session["status"] == "SUBMITTED":
         _check_free(conn, session["verifier_id"], session["device_id"], except_session=session_id)
-    _status(conn, log, actor, session, "IN_PROGRESS", reason=reason.strip(), new_round=True)
+    _status(conn, log, actor, session, "send_back", reason=reason.strip())
 
 
 def void_session(conn: sqlite3.Connection, log: EventLog, actor: User, session_id: str, *, reason: str) -> None:
     session = get_session(conn, session_id)
     if not reason.strip():
         raise ValidationFailed("voiding a session needs a reason", code="REASON_REQUIRED")
-    _status(conn, log, actor, session, "VOID", reason=reason.strip())
+    _status(conn, log, actor, session, "void", reason=reason.strip())
+
+
+def void_open_sessions(conn: sqlite3.Connection, log: EventLog, actor: User, run_id: str, reason: str) -> list[str]:
+    """When a run is cancelled or force-completed, its unfinished sessions end too (VOID), so that
+    nobody stays tied to a session of a run that is over."""
+    voided = []
+    for row in conn.execute(
+        "SELECT * FROM sessions WHERE run_id = ? AND status NOT IN ('APPROVED', 'VOID')", (run_id,)
+    ).fetchall():
+        _status(conn, log, actor, row, "void", reason=reason)
+        voided.append(row["session_id"])
+    return voided
 
 
 # -- projections ----------------------------------------------------------------------------------
