@@ -1,4 +1,5 @@
 # Two commands: `make run` starts the demo box, `make test` checks everything.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -28,7 +29,7 @@ test: $(VENV)/.test-extras
 	$(BIN)/pytest
 
 bench: $(VENV)/.test-extras
-	for f in tests/bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	for f in tests/bench/bench_*.py; do m=$${f%.py}; echo "== $$m"; $(BIN)/python -m $${m//\//.} || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -35,15 +35,11 @@ def rack_board(box: Box, run_id: str) -> list[dict[str, Any]]:
     return locks.rack_board(box.db.read(), run_id)
 
 
-@post(
-    "/api/runs/{run_id:str}/racks/{rack:str}/claim",
-    opt={"permission": "sessions.count"},
-    sync_to_thread=True,
-    status_code=201,
-)
-def claim(run_id: str, rack: str, data: Claim, box: Box, user: User) -> dict[str, Any]:
-    """Exactly one claimant wins; the others get RACK_CLAIMED naming the holder."""
-    return box.db.write(
+@post("/api/runs/{run_id:str}/racks/{rack:str}/claim", opt={"permission": "sessions.count"}, status_code=201)
+async def claim(run_id: str, rack: str, data: Claim, box: Box, user: User) -> dict[str, Any]:
+    """Exactly one claimant wins; the others get RACK_CLAIMED naming the holder. Async: the claim is
+    one write job, awaited without holding a worker thread, which keeps claim latency low."""
+    return await box.db.awrite(
         lambda conn: locks.claim_rack(
             conn,
             box.log,

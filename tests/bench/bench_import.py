@@ -1,6 +1,6 @@
 """How long a 5,000-product master takes to import: parse, check and commit, on a fresh box each run.
 
-Run it as a script (it is not a test): ``.venv/bin/python tests/bench/bench_import.py``. It prints the
+Run it as a script (it is not a test): ``.venv/bin/python -m tests.bench.bench_import``. It prints the
 median of five runs, and the ratio against merely reading the same CSV with the stdlib ``csv`` module,
 which says how much of the time is our checking and the event log rather than the file itself.
 """

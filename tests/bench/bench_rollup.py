@@ -4,7 +4,7 @@ A hard run over the demo store (6 floors, 300 racks, 5,000 SKUs), one session pe
 spread over the racks and SKUs, every session approved. Prints the median of several reads of the
 rollup and of the run's buckets, and a baseline: one plain aggregate over the same counter rows.
 
-    .venv/bin/python tests/bench/bench_rollup.py [--scans 200000] [--repeat 7]
+    .venv/bin/python -m tests.bench.bench_rollup [--scans 200000] [--repeat 7]
 """
 
 from __future__ import annotations
