@@ -179,7 +179,8 @@ async def stream(
             seen = 0
         while True:
             try:
-                pos, message = await asyncio.wait_for(sub.queue.get(), timeout=heartbeat_s)
+                async with asyncio.timeout(heartbeat_s):
+                    pos, message = await sub.queue.get()
             except TimeoutError:
                 yield None, {"kind": "ping"}
                 continue

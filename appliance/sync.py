@@ -22,7 +22,7 @@ from appliance.counting import items
 from appliance.devices import Device
 from appliance.errors import BadRequest, ValidationFailed
 from appliance.eventlog import EventLog
-from replication.codec import CodecError, Event, canonical, verify_chain, verify_chain_head
+from replication.codec import Event, verify_chain, verify_chain_head
 from replication.hlc import ClockDriftError, HybridClock, wall_ms
 
 MAX_EVENTS = 500
@@ -49,6 +49,9 @@ class WireBatch(msgspec.Struct, forbid_unknown_fields=True):
     writer_id: str
     events: list[WireEvent]
     head: WireHead
+
+
+_MSGPACK_BATCH = msgspec.msgpack.Decoder(WireBatch)
 
 
 # -- payload schemas (docs/sync-protocol.md §5) ----------------------------------------------------
@@ -111,9 +114,8 @@ def _check_payload(event_type: str, payload: dict[str, Any]) -> None:
     if schema is None:
         raise ValueError(f"a device may not send {event_type!r} events")
     try:
-        canonical(payload)
         value = msgspec.convert(payload, schema, strict=True)
-    except (CodecError, msgspec.ValidationError) as exc:
+    except msgspec.ValidationError as exc:
         raise ValueError(str(exc)) from None
     if isinstance(value, ScanRecorded | ScanUndone):
         if not 0 < len(value.code) <= items.MAX_CODE:
@@ -137,7 +139,7 @@ def decode_batch(body: bytes, content_type: str) -> WireBatch:
     """Parse a msgpack or JSON batch; JSON carries ``bin`` fields as hex strings."""
     try:
         if content_type.startswith(MSGPACK):
-            raw = msgpack.unpackb(body, raw=False, strict_map_key=True)
+            batch = _MSGPACK_BATCH.decode(body)
         else:
             raw = json.loads(body)
             for event in raw.get("events", []) if isinstance(raw, dict) else []:
@@ -148,8 +150,8 @@ def decode_batch(body: bytes, content_type: str) -> WireBatch:
                 for key in ("hash", "signature"):
                     if isinstance(head.get(key), str):
                         head[key] = bytes.fromhex(head[key])
-        batch = msgspec.convert(raw, WireBatch, strict=True)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, msgspec.ValidationError) as exc:
+            batch = msgspec.convert(raw, WireBatch, strict=True)
+    except (ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise BadRequest(f"the batch is not a valid envelope: {exc}", code="VALIDATION") from None
     if not 1 <= len(batch.events) <= MAX_EVENTS:
         raise BadRequest(f"a batch holds 1 to {MAX_EVENTS} events", code="VALIDATION")
@@ -198,6 +200,7 @@ def precheck(device: Device, batch: WireBatch, clock: HybridClock) -> tuple[list
         raise BadRequest("the batch names another writer than this device", code="VALIDATION")
     for index, event in enumerate(events):
         try:
+            event.payload_bytes  # noqa: B018 - canonical form is checked (and cached for the hash) here
             _check_payload(event.type, event.payload)
             if len(event.event_id) != 26:
                 raise ValueError("event_id must be a 26-character ULID")
@@ -257,7 +260,7 @@ def ingest(conn: sqlite3.Connection, log: EventLog, device: Device, events: list
         )
     for event in new:
         log.clock.observe(event.hlc)
-        log.append(conn, event)
+    log.append_run(conn, new)
     if new:
         last = new[-1]
         conn.execute(
@@ -270,21 +273,47 @@ def ingest(conn: sqlite3.Connection, log: EventLog, device: Device, events: list
     return outcome
 
 
+def _kinds(conn: sqlite3.Connection, event: Event, run_id: str) -> set[str]:
+    """The conflict kinds this event could take part in; a plain scan under a live lease takes part
+    in none, so the common batch costs no conflict query at all."""
+    p = event.payload
+    kinds: set[str] = set()
+    if p.get("product_id"):
+        kinds.add("damage_exceeds")
+        if event.type == "scan.recorded":
+            kinds.add("barcode_mismatch")
+    if event.type == "serial.added":
+        kinds.add("serial_duplicate")
+    if event.type == "item.attributes_set" and "mfg_date" in p.get("attrs", {}):
+        kinds.add("mfg_date_impossible")
+    if event.type == "scan.recorded" and p.get("token") is not None:
+        current = conn.execute(
+            "SELECT token FROM rack_states WHERE run_id = ? AND rack_id = ?", (run_id, p.get("rack_id") or "")
+        ).fetchone()
+        if current is not None and p["token"] < current[0]:
+            kinds.add("late_lease")
+    return kinds
+
+
 def flagged(conn: sqlite3.Connection, events: list[Event]) -> list[dict[str, Any]]:
     """Which of these (stored) events a supervisor will look at: conflicts on their items."""
     from appliance.counting.conflicts import detect
 
     if not events:
         return []
-    sessions = {e.payload.get("session_id") for e in events}
-    runs = {
-        row[0]
-        for s in sessions
-        if s
-        for row in conn.execute("SELECT run_id FROM sessions WHERE session_id = ?", (s,))
-        if row[0]
-    }
-    found = [c for run_id in runs for c in detect(conn, run_id)]
+    run_of: dict[str, str | None] = {}
+    kinds: dict[str, set[str]] = {}
+    for event in events:
+        session_id = event.payload.get("session_id")
+        if not session_id:
+            continue
+        if session_id not in run_of:
+            row = conn.execute("SELECT run_id FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+            run_of[session_id] = row[0] if row else None
+        run_id = run_of[session_id]
+        if run_id:
+            kinds.setdefault(run_id, set()).update(_kinds(conn, event, run_id))
+    found = [c for run_id, wanted in kinds.items() if wanted for c in detect(conn, run_id, wanted)]
     out = []
     for event in events:
         p = event.payload
@@ -308,6 +337,12 @@ def _implicates(conflict: dict[str, Any], event_id: str, p: dict[str, Any]) -> b
     if kind == "serial_duplicate":
         return p.get("serial") == conflict["serial"] and any(
             c["session_id"] == p.get("session_id") for c in conflict["claims"]
+        )
+    if kind == "late_lease":
+        return bool(
+            conflict["session_id"] == p.get("session_id")
+            and conflict["rack_id"] == p.get("rack_id")
+            and conflict["token"] == p.get("token")
         )
     same_item = conflict.get("session_id") == p.get("session_id") and conflict.get("product_id") == p.get("product_id")
     if kind == "mfg_date_impossible":

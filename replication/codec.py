@@ -36,26 +36,58 @@ class CodecError(ValueError):
     """A value cannot be put into canonical form."""
 
 
-def canonical(value: Any, path: str = "$") -> Any:
-    """Return ``value`` in canonical form, or raise ``CodecError`` naming the offending path."""
-    if value is None or isinstance(value, bool | str | bytes):
+def canonical(value: Any) -> Any:
+    """Return ``value`` in canonical form, or raise ``CodecError`` naming the offending path.
+
+    This runs for every event a box receives, so the common case takes no detours: the path of a bad
+    value is worked out only once one is found.
+    """
+    try:
+        return _canonical(value)
+    except CodecError:
+        _explain(value, "$")
+        raise
+
+
+def _canonical(value: Any) -> Any:
+    kind = type(value)
+    if kind is str or kind is bytes or kind is bool or value is None:
         return value
-    if isinstance(value, int):
+    if kind is int:
+        if INT_MIN <= value <= INT_MAX:
+            return value
+        raise CodecError("integer out of the 64-bit range")
+    if kind is dict:
+        if all(type(key) is str for key in value):
+            return {key: _canonical(value[key]) for key in sorted(value)}
+        raise CodecError("map keys must be strings")
+    if kind is list or kind is tuple:
+        return [_canonical(item) for item in value]
+    raise CodecError(f"{kind.__name__} cannot be encoded")
+
+
+def _explain(value: Any, path: str) -> None:
+    """Raise ``CodecError`` with the path of the first value ``_canonical`` refuses."""
+    kind = type(value)
+    if kind is float:
+        raise CodecError(f"{path}: floats are not allowed; use integers (minor units) or strings")
+    if kind is str or kind is bytes or kind is bool or value is None:
+        return
+    if kind is int:
         if not INT_MIN <= value <= INT_MAX:
             raise CodecError(f"{path}: integer out of the 64-bit range")
-        return value
-    if isinstance(value, float):
-        raise CodecError(f"{path}: floats are not allowed; use integers (minor units) or strings")
-    if isinstance(value, dict):
-        out = {}
-        for key in sorted(value):
-            if not isinstance(key, str):
+        return
+    if kind is dict:
+        for key in value:
+            if type(key) is not str:
                 raise CodecError(f"{path}: map keys must be strings, got {type(key).__name__}")
-            out[key] = canonical(value[key], f"{path}.{key}")
-        return out
-    if isinstance(value, list | tuple):
-        return [canonical(item, f"{path}[{i}]") for i, item in enumerate(value)]
-    raise CodecError(f"{path}: {type(value).__name__} cannot be encoded")
+            _explain(value[key], f"{path}.{key}")
+        return
+    if kind is list or kind is tuple:
+        for index, item in enumerate(value):
+            _explain(item, f"{path}[{index}]")
+        return
+    raise CodecError(f"{path}: {kind.__name__} cannot be encoded")
 
 
 def pack(value: Any) -> bytes:
@@ -93,8 +125,9 @@ class Event:
         return self._cache["payload"]
 
     def canonical_bytes(self) -> bytes:
-        # A msgpack array is its header followed by its elements' encodings, so the packed payload
-        # is appended as it is rather than encoded a second time.
+        # A msgpack array is its header followed by its elements' encodings, so the eight scalar
+        # fields are packed as one array whose 8-element header is swapped for the 9-element one,
+        # and the packed payload is appended as it is rather than encoded a second time.
         head = [
             FORMAT_VERSION,
             self.writer_id,
@@ -105,7 +138,7 @@ class Event:
             self.occurred_at,
             self.prev_hash,
         ]
-        return _ARRAY_OF_9 + b"".join(pack(item) for item in head) + self.payload_bytes
+        return _ARRAY_OF_9 + pack(head)[1:] + self.payload_bytes
 
     @property
     def hash(self) -> bytes:

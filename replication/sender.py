@@ -153,6 +153,7 @@ class Sender:
         self._quiet_for = 0  # the latest of them answered by a look that found nothing to send
         self._runner: asyncio.Task[None] | None = None
         self._ended = False
+        self._closing = False
         self._last_error: str | None = outbox.get_meta("last_error")
         self._next_retry_at: float | None = None
         self._stopped: str | None = None
@@ -168,6 +169,7 @@ class Sender:
 
         A batch cut off here stays pending on disk and is simply sent again next time.
         """
+        self._closing = True  # the loop also checks this, so a lost cancel cannot keep it alive
         tasks = [t for t in (self._runner, *self._in_flight) if t is not None]
         for task in tasks:
             task.cancel()
@@ -202,7 +204,8 @@ class Sender:
                 await self._quiet.wait_for(lambda: self._quiet_for >= asked or self._finished)
 
         try:
-            await asyncio.wait_for(quiet(), timeout)
+            async with asyncio.timeout(timeout):
+                await quiet()
         except TimeoutError:
             return False
         return True
@@ -250,7 +253,7 @@ class Sender:
         failed = (await asyncio.to_thread(self.outbox.status_counts))["failed"]
         if failed:
             self._halt(f"{failed} failed record(s) wait for a person (then `device sync --retry-failed`)")
-        while self._stopped is None:
+        while self._stopped is None and not self._closing:
             self._nudge.clear()  # before looking, so a batch that lands meanwhile still wakes the wait below
             asked = self._asked
             if not self._in_flight:
@@ -314,8 +317,11 @@ class Sender:
         self._nudge.set()
 
     async def _sleep(self, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that arrives as
+        # the nudge is set, and then stop() would wait on a loop that never ends.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._nudge.wait(), max(seconds, 0.0))
+            async with asyncio.timeout(max(seconds, 0.0)):
+                await self._nudge.wait()
 
     def _halt(self, reason: str) -> None:
         self._stopped = reason

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Collection
 from typing import Any
 
 from appliance.counting import items
@@ -82,9 +83,13 @@ def _query(conn: sqlite3.Connection, sql: str, run_id: str | None) -> list[sqlit
     return conn.execute(sql.format(run_filter="AND se.run_id = ?"), (run_id,)).fetchall()
 
 
-def detect(conn: sqlite3.Connection, run_id: str | None = None) -> list[dict[str, Any]]:
+KINDS = ("serial_duplicate", "damage_exceeds", "mfg_date_impossible", "late_lease", "barcode_mismatch")
+
+
+def detect(conn: sqlite3.Connection, run_id: str | None = None, kinds: Collection[str] = KINDS) -> list[dict[str, Any]]:
+    """The conflicts of ``kinds`` (all by default) that the counts show now."""
     found: list[dict[str, Any]] = []
-    for row in _query(conn, _SERIALS, run_id):
+    for row in _query(conn, _SERIALS, run_id) if "serial_duplicate" in kinds else ():
         found.append(
             {
                 "conflict_id": f"serial_duplicate:{row['run_id']}:{row['serial']}",
@@ -94,7 +99,7 @@ def detect(conn: sqlite3.Connection, run_id: str | None = None) -> list[dict[str
                 "claims": json.loads(row["claims"]),
             }
         )
-    for row in _query(conn, _DAMAGE, run_id):
+    for row in _query(conn, _DAMAGE, run_id) if "damage_exceeds" in kinds else ():
         found.append(
             {
                 "conflict_id": f"damage_exceeds:{row['session_id']}:{row['product_id']}",
@@ -106,7 +111,7 @@ def detect(conn: sqlite3.Connection, run_id: str | None = None) -> list[dict[str
                 "qty": row["qty"],
             }
         )
-    for row in _query(conn, _MFG, run_id):
+    for row in _query(conn, _MFG, run_id) if "mfg_date_impossible" in kinds else ():
         found.append(
             {
                 "conflict_id": f"mfg_date_impossible:{row['session_id']}:{row['product_id']}",
@@ -117,7 +122,7 @@ def detect(conn: sqlite3.Connection, run_id: str | None = None) -> list[dict[str
                 "mfg_date": row["value"],
             }
         )
-    for row in _query(conn, _LATE_LEASE, run_id):
+    for row in _query(conn, _LATE_LEASE, run_id) if "late_lease" in kinds else ():
         found.append(
             {
                 "conflict_id": f"late_lease:{row['session_id']}:{row['rack_id']}:{row['writer_id']}:{row['token']}",
@@ -133,7 +138,7 @@ def detect(conn: sqlite3.Connection, run_id: str | None = None) -> list[dict[str
                 "codes": json.loads(row["codes"]),
             }
         )
-    for row in _query(conn, _BARCODE, run_id):
+    for row in _query(conn, _BARCODE, run_id) if "barcode_mismatch" in kinds else ():
         found.append(
             {
                 "conflict_id": f"barcode_mismatch:{row['event_id']}",

@@ -24,8 +24,11 @@ from tests.conftest import DEMO_PASSWORDS, ServerProcess
 
 
 def _claimer(
-    url: str, run_id: str, person: dict[str, Any], racks: list[str], cycles: int, barrier: Any, out: Any
+    url: str, run_id: str, person: dict[str, Any], racks: list[str], cycles: int, barrier: Any, out: Any, burst: bool
 ) -> None:
+    """Claim and release ``racks`` ``cycles`` times; in a burst, one claim each, all at the same instant."""
+    if burst:
+        racks = racks[:1]
     latencies: list[float] = []
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {person['token']}"}, timeout=30) as client:
         barrier.wait()
