@@ -34,10 +34,14 @@ from appliance.api import (
     users,
 )
 from appliance.api import log as log_api
+from appliance.api import replication as replication_api
 from appliance.api.deps import authorize, provide_box, provide_device, provide_user
 from appliance.box import Box
 from appliance.errors import StockVerifyError
+from appliance.hub import Hub
 from appliance.people import LoginThrottle, Passwords
+from appliance.replicator import replication_lifespan
+from replication.discovery import mdns_lifespan
 from replication.hlc import wall_ms
 from web import routes as web_routes
 
@@ -59,6 +63,7 @@ API_ROUTES: list[HTTPRouteHandler] = [
     *live.ROUTES,
     *locks.ROUTES,
     *log_api.ROUTES,
+    *replication_api.ROUTES,
 ]
 
 _HTTP_CODES = {
@@ -96,7 +101,7 @@ def _check_declared(routes: list[HTTPRouteHandler]) -> None:
     missing = [
         f"{sorted(handler.http_methods)} {sorted(handler.paths)}"
         for handler in routes
-        if not handler.opt.get("public") and not handler.opt.get("device") and "permission" not in handler.opt
+        if not any(handler.opt.get(kind) for kind in ("public", "device", "node")) and "permission" not in handler.opt
     ]
     if missing:
         raise RuntimeError(f"routes without a declared permission: {missing}")
@@ -164,6 +169,11 @@ def create_app(box: Box) -> Litestar:
             "login_throttle": LoginThrottle(settings.login_attempts_per_minute),
         }
     )
+    shutdown = [box.close]
+    if box.node.role == "hq":
+        hub = Hub(box)
+        state["hub"] = hub  # HQ keeps a replica per store behind the same endpoints
+        shutdown.insert(0, hub.close)
     return Litestar(
         route_handlers=routes,
         state=state,
@@ -177,8 +187,8 @@ def create_app(box: Box) -> Litestar:
         openapi_config=OpenAPIConfig(title="StockVerify Edge", version=__version__),
         request_max_body_size=settings.max_request_bytes,
         on_startup=[_bind_bus],
-        lifespan=[_lease_watch],
-        on_shutdown=[box.close],
+        lifespan=[_lease_watch, mdns_lifespan, replication_lifespan],
+        on_shutdown=shutdown,
         logging_config=None,  # the CLI's key=value formatter stays in charge
         debug=False,
     )

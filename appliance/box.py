@@ -12,6 +12,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 # Importing the domain modules registers their projectors with the event log.
 from appliance import counting, devices, layout, locks, people, products  # noqa: F401
 from appliance.db import Database, connect
@@ -44,13 +46,22 @@ def _last_hlc(conn: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
-def open_box(settings: Settings) -> Box:
+def open_box(settings: Settings, *, replica_key: Ed25519PrivateKey | None = None, node_id: str | None = None) -> Box:
+    """Open (or create) the store in ``settings.data_dir``.
+
+    HQ keeps a replica of each store it receives; it opens one with ``replica_key`` and ``node_id``,
+    HQ's own, so that HQ is the same writer in every store it serves, and such a replica does not
+    announce a store of its own (the store's boxes did).
+    """
     data_dir: Path = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     conn = connect(settings.db_path)
     try:
         migrate(conn)
-        key, key_made = load_or_create_key(settings.keys_dir)
+        if replica_key is None:
+            key, key_made = load_or_create_key(settings.keys_dir)
+        else:
+            key, key_made = replica_key, False
         row = read_node(conn)
         last_hlc = _last_hlc(conn)
     finally:
@@ -70,7 +81,7 @@ def open_box(settings: Settings) -> Box:
                 extra={"data_store_id": node.store_id, "setting_store_id": settings.store_id},
             )
     else:
-        node = Node(node_id=new_id(), store_id=settings.store_id, role=settings.role, key=key)
+        node = Node(node_id=node_id or new_id(), store_id=settings.store_id, role=settings.role, key=key)
 
     db = Database(settings.db_path)
     event_log = EventLog(node.node_id, key, HybridClock(last_hlc))
@@ -99,7 +110,8 @@ def open_box(settings: Settings) -> Box:
                     "public_key": public_bytes(key),
                 },
             )
-            event_log.record(conn, "store.created", {"store_id": node.store_id, "name": settings.store_name})
+            if replica_key is None:
+                event_log.record(conn, "store.created", {"store_id": node.store_id, "name": settings.store_name})
 
         db.write(create_store)
         log.info("store created", extra={"store_id": node.store_id, "node_id": node.node_id})

@@ -54,8 +54,10 @@ def add_rack(conn: sqlite3.Connection, log: EventLog, floor_code: str, code: str
 @projector("store.created")
 def _store_created(conn: sqlite3.Connection, event: Event) -> None:
     conn.execute(
-        "INSERT OR REPLACE INTO stores (store_id, name) VALUES (?, ?)",
-        (event.payload["store_id"], event.payload["name"]),
+        "INSERT INTO stores (store_id, name, hlc, writer_id) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET name = excluded.name, hlc = excluded.hlc, writer_id = excluded.writer_id"
+        " WHERE (excluded.hlc, excluded.writer_id) > (stores.hlc, stores.writer_id)",
+        (event.payload["store_id"], event.payload["name"], event.hlc, event.writer_id),
     )
 
 

@@ -503,12 +503,78 @@ def m005_locks(conn: sqlite3.Connection) -> None:
     )
 
 
+def m006_replication(conn: sqlite3.Connection) -> None:
+    run_script(
+        conn,
+        """
+        -- Other nodes this box exchanges events with (boxes of its store, its HQ; at HQ, store boxes),
+        -- enrolled once their proof checked out, and how the exchange with each is going.
+        CREATE TABLE peers (
+            node_id        TEXT PRIMARY KEY,
+            store_id       TEXT NOT NULL,
+            role           TEXT NOT NULL,
+            public_key     BLOB NOT NULL,
+            url            TEXT NOT NULL DEFAULT '',
+            enrolled_at    INTEGER NOT NULL,
+            their_vector   BLOB,
+            last_ok_at     INTEGER,
+            last_error     TEXT,
+            last_error_at  INTEGER,
+            events_in      INTEGER NOT NULL DEFAULT 0,
+            events_out     INTEGER NOT NULL DEFAULT 0,
+            bytes_in       INTEGER NOT NULL DEFAULT 0,
+            bytes_out      INTEGER NOT NULL DEFAULT 0
+        ) STRICT;
+
+        -- Small named values a replica keeps about itself (e.g. the store vector HQ's counters cover).
+        CREATE TABLE replica_meta (
+            name   TEXT PRIMARY KEY,
+            value  BLOB
+        ) STRICT;
+
+        -- The store's name is a last-writer-wins register, so every box of a store shows the same one.
+        ALTER TABLE stores ADD COLUMN hlc INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE stores ADD COLUMN writer_id TEXT NOT NULL DEFAULT '';
+
+        -- The part of n that undos put on a writer's entry. Undos may come from any writer, so unlike
+        -- p and the rest of n this part is not a per-writer prefix; counter-state replication ships
+        -- p and n - u (max-merged) and the undos as a set, and needs them apart.
+        ALTER TABLE scan_counts ADD COLUMN u INTEGER NOT NULL DEFAULT 0;
+        """,
+    )
+    from replication.codec import unpack
+
+    # Undos and lease voids negate another writer's entry, each once (the first event wins).
+    undone: dict[tuple[str, str, str, str], int] = {}
+    seen: set[str] = set()
+    for kind, payload in conn.execute(
+        "SELECT type, payload FROM events WHERE type IN ('scan.undone', 'lease_scans.voided') ORDER BY pos"
+    ):
+        p = unpack(payload)
+        once = p["undoes"] if kind == "scan.undone" else p["conflict_id"]
+        if once in seen:
+            continue
+        seen.add(once)
+        if kind == "scan.undone":
+            key = (p["session_id"], p["rack_id"] or "", p["code"], p["of_writer"])
+            undone[key] = undone.get(key, 0) + p["qty"]
+        else:
+            for code, qty in p["codes"]:
+                key = (p["session_id"], p["rack_id"], code, p["writer_id"])
+                undone[key] = undone.get(key, 0) + qty
+    conn.executemany(
+        "UPDATE scan_counts SET u = ? WHERE session_id = ? AND rack_id = ? AND code = ? AND writer_id = ?",
+        [(qty, *key) for key, qty in undone.items()],
+    )
+
+
 MIGRATIONS: list[tuple[int, Migration]] = [
     (1, m001_foundation),
     (2, m002_login_tokens),
     (3, m003_counting),
     (4, m004_devices),
     (5, m005_locks),
+    (6, m006_replication),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -43,6 +43,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     # Handhelds: pairing codes, the device list, revocation and the quarantine it creates.
     "devices.read": _OVERSIGHT,
     "devices.manage": _MANAGERS,
+    # Replication with the store's other boxes and HQ: lag, pending events, errors.
+    "replication.read": _OVERSIGHT,
 }
 
 

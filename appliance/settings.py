@@ -9,6 +9,7 @@ field tech reading ``journalctl`` knows which line to fix.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -74,12 +75,64 @@ def _store_id(value: Any) -> str:
     return text
 
 
+def _ipv4_list(value: Any) -> tuple[str, ...]:
+    """A TOML list or a comma-separated string; empty means "every non-loopback IPv4 address"."""
+    items = value if isinstance(value, list | tuple) else str(value).replace(",", " ").split()
+    found: list[str] = []
+    for item in items:
+        try:
+            address = ipaddress.IPv4Address(str(item).strip())
+        except ValueError:
+            raise ValueError(f"expected IPv4 addresses, got {item!r}") from None
+        if address.is_unspecified or address.is_multicast:
+            raise ValueError(f"{address} is not an address a handheld can reach")
+        found.append(str(address))
+    return tuple(found)
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = str(value).strip().lower()
         if text not in options:
             raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
         return text
+
+    return parse
+
+
+def _url(*, allow_empty: bool) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().rstrip("/")
+        if not text and allow_empty:
+            return ""
+        if not text.startswith(("http://", "https://")) or len(text) > 500:
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        return text
+
+    return parse
+
+
+def _urls(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    return tuple(_url(allow_empty=False)(item) for item in items if str(item).strip())
+
+
+def _secret(value: Any) -> str:
+    text = str(value)
+    if text and len(text) < 16:
+        raise ValueError("must be at least 16 characters (or empty to turn it off)")
+    return text
+
+
+def _seconds(low: float, high: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number of seconds, got {value!r}") from None
+        if not low <= number <= high:
+            raise ValueError(f"expected {low} to {high} seconds, got {number}")
+        return number
 
     return parse
 
@@ -104,6 +157,15 @@ class Settings:
     login_attempts_per_minute: int = 10
     password_memory_kib: int = 19_456
     password_time_cost: int = 2
+    public_url: str = ""
+    store_secret: str = ""
+    peers: tuple[str, ...] = ()
+    hq_url: str = ""
+    hq_secret: str = ""
+    hq_mode: str = "log"
+    replicate_every_s: float = 0.5
+    mdns: bool = True
+    mdns_addresses: tuple[str, ...] = ()
 
     @property
     def db_path(self) -> Path:
@@ -131,6 +193,15 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "login_attempts_per_minute": _int(1, 10_000),
     "password_memory_kib": _int(8, 4 * 1024 * 1024),
     "password_time_cost": _int(1, 50),
+    "mdns": _bool,
+    "mdns_addresses": _ipv4_list,
+    "public_url": _url(allow_empty=True),
+    "store_secret": _secret,
+    "peers": _urls,
+    "hq_url": _url(allow_empty=True),
+    "hq_secret": _secret,
+    "hq_mode": _choice("log", "counters"),
+    "replicate_every_s": _seconds(0.05, 3600.0),
 }
 
 HELP: dict[str, str] = {
@@ -150,6 +221,15 @@ HELP: dict[str, str] = {
     "login_attempts_per_minute": "login attempts allowed per address and user each minute",
     "password_memory_kib": "memory (KiB) the password hash uses; higher is safer and slower",
     "password_time_cost": "passes the password hash makes",
+    "mdns": "advertise the box on the LAN by mDNS and find the store's other boxes",
+    "mdns_addresses": "IPv4 addresses to advertise, comma-separated (empty: every non-loopback one)",
+    "public_url": "the URL other boxes reach this one at (default: found from the listening address)",
+    "store_secret": "the secret every box of this store shares; proves a peer belongs to the store",
+    "peers": "comma-separated URLs of this store's other boxes (mDNS finds them too)",
+    "hq_url": "HQ's URL; the box pushes to it whenever it is reachable (empty: no HQ)",
+    "hq_secret": "the secret shared with HQ at enrolment (on HQ: the one every store presents)",
+    "hq_mode": "log (every event, for audit) or counters (only changed counter rows, for thin uplinks)",
+    "replicate_every_s": "seconds between exchanges with a reachable peer box",
 }
 
 

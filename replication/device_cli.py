@@ -6,12 +6,14 @@ folder (``outbox.db`` and ``device.key``, see ``replication.outbox``), so comman
 processes, be killed at any point, and pick up where the last one stopped.
 
 Exit codes of ``sync`` and ``simulate --sync``: 0 when the queue drained, 1 when a person is needed
-(refused records, revoked device), 2 when ``--timeout`` passed with records still pending.
+(refused records, revoked device), 2 when ``--timeout`` passed with records still pending. ``discover``
+exits 1 when no box answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import itertools
 import json
@@ -31,9 +33,10 @@ import click
 from replication.outbox import Identity, Outbox
 from replication.payloads import PayloadError
 
-if TYPE_CHECKING:  # aiohttp and the sender load only for the commands that talk to a box
+if TYPE_CHECKING:  # aiohttp, zeroconf and the sender load only for the commands that need them
     import aiohttp
 
+    from replication.discovery import PeerInfo
     from replication.sender import Sender
 
 APP_VERSION = "stockverify-device/1"
@@ -70,7 +73,7 @@ def _sender_lock(data_dir: Path) -> Iterator[None]:
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="log the sender's steps")
 def device(verbose: bool) -> None:
-    """A handheld's side of sync: pair, scan, sync, status, simulate."""
+    """A handheld's side of sync: discover, pair, scan, sync, status, simulate."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -446,3 +449,77 @@ def simulate(
         if figures is not None:
             _print_figures(figures, as_json=False)
     sys.exit(code)
+
+
+# -- discover -------------------------------------------------------------------------------------
+DISCOVER_S = 3.0
+
+
+def _print_peer(peer: PeerInfo, as_json: bool, change: str | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps({"change": change, **peer.to_dict()} if change else peer.to_dict()))
+    else:
+        prefix = f"{change:<6} " if change else ""
+        click.echo(f"{prefix}{peer.url:<28} store {peer.store_id}  node {peer.node_id}  role {peer.role}")
+    sys.stdout.flush()  # a field tech pipes --watch into grep; each box should show when it changes
+
+
+async def _watch_boxes(store_id: str | None, timeout: float | None, as_json: bool) -> None:
+    from replication.discovery import Discovery, PeerChange
+
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, interrupted.set)
+
+    def show(change: PeerChange) -> None:
+        _print_peer(change.peer, as_json, change.kind)
+
+    async with Discovery(store_id=store_id) as found:
+        found.on_change(show)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(interrupted.wait(), timeout)
+
+
+async def _list_boxes(store_id: str | None, timeout: float) -> list[PeerInfo]:
+    from replication.discovery import Discovery
+
+    async with Discovery(store_id=store_id) as found:
+        await asyncio.sleep(timeout)
+        await found.settle(1.0)
+        return found.peers()
+
+
+@device.command()
+@click.option("--store", "store_id", default=None, help="list only the boxes of this store")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help=f"seconds to listen [default: {DISCOVER_S:g}; with --watch, until interrupted]",
+)
+@click.option("--watch", is_flag=True, help="print boxes as they appear, change and leave")
+@click.option("--json", "as_json", is_flag=True, help="print JSON (one object per line with --watch)")
+def discover(store_id: str | None, timeout: float | None, watch: bool, as_json: bool) -> None:
+    """Find the store's boxes on this LAN by mDNS, as a handheld does before pairing."""
+    from replication.discovery import local_ipv4_addresses
+
+    addresses = local_ipv4_addresses()
+    if not addresses:
+        raise click.ClickException("this machine has no network address besides loopback; join the store's LAN first")
+    if watch:
+        asyncio.run(_watch_boxes(store_id, timeout, as_json))
+        return
+    seconds = DISCOVER_S if timeout is None else timeout
+    peers = asyncio.run(_list_boxes(store_id, seconds))
+    if not peers:
+        which = f"of store {store_id} " if store_id else ""
+        raise click.ClickException(
+            f"no box {which}answered on {', '.join(addresses)} within {seconds:g} s; check that this machine is "
+            "on the store's LAN and that the network lets mDNS (multicast UDP 5353) through"
+        )
+    if as_json:
+        click.echo(json.dumps([peer.to_dict() for peer in peers], indent=2))
+        return
+    for peer in peers:
+        _print_peer(peer, as_json=False)

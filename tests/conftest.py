@@ -30,7 +30,7 @@ DEMO_PASSWORDS = {
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    return load_settings({"data_dir": data_dir, **FAST_PASSWORDS, **overrides}, environ={})
+    return load_settings({"data_dir": data_dir, **FAST_PASSWORDS, "mdns": False, **overrides}, environ={})
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ class ServerProcess:
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **FAST_PASSWORD_ENV, **(env or {})},
+            env={**os.environ, **FAST_PASSWORD_ENV, "STOCKVERIFY_MDNS": "false", **(env or {})},
         )
 
     def wait_ready(self, timeout: float = 60.0) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import msgspec
@@ -29,7 +30,47 @@ class CodeMapping(msgspec.Struct, forbid_unknown_fields=True):
 def list_conflicts(box: Box, run_id: str | None = None, status: str = "open") -> list[dict[str, Any]]:
     if status not in ("open", "resolved", "all"):
         raise ValidationFailed("status must be open, resolved or all", details={"field": "status"})
-    return conflicts.conflicts(box.db.read(), run_id, status)
+    conn = box.db.read()
+    return _named(conn, conflicts.conflicts(conn, run_id, status))
+
+
+def _named(conn: sqlite3.Connection, queue: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ids alone mean nothing to a supervisor: add the SKU and name of each product a conflict
+    mentions, the verifier of each session, and the rack codes its scans were made on."""
+    product_ids = {c[key] for c in queue for key in ("product_id", "resolves_to") if c.get(key)}
+    product_ids |= {claim["product_id"] for c in queue for claim in c.get("claims", [])}
+    session_ids = {c["session_id"] for c in queue if c.get("session_id")}
+    session_ids |= {claim["session_id"] for c in queue for claim in c.get("claims", [])}
+    products = _rows(conn, "SELECT product_id, sku, name FROM products WHERE product_id IN ({})", product_ids)
+    verifiers = _rows(
+        conn,
+        "SELECT s.session_id, u.display_name FROM sessions s JOIN users u ON u.user_id = s.verifier_id"
+        " WHERE s.session_id IN ({})",
+        session_ids,
+    )
+    rack_codes = dict(conn.execute("SELECT rack_id, code FROM racks").fetchall()) if queue else {}
+    for conflict in queue:
+        conflict["products"] = {pid: products[pid] for pid in _mentioned(conflict) if pid in products}
+        conflict["verifiers"] = {sid: verifiers[sid]["display_name"] for sid in _sessions(conflict) if sid in verifiers}
+        conflict["racks"] = sorted(rack_codes.get(r, r) for r in conflicts.racks_of(conn, conflict))
+    return queue
+
+
+def _rows(conn: sqlite3.Connection, sql: str, keys: set[str]) -> dict[str, dict[str, Any]]:
+    if not keys:
+        return {}
+    rows = conn.execute(sql.format(",".join("?" for _ in keys)), list(keys))
+    return {row[0]: dict(row) for row in rows}
+
+
+def _mentioned(conflict: dict[str, Any]) -> list[str]:
+    found = [conflict[key] for key in ("product_id", "resolves_to") if conflict.get(key)]
+    return found + [claim["product_id"] for claim in conflict.get("claims", [])]
+
+
+def _sessions(conflict: dict[str, Any]) -> list[str]:
+    found = [conflict["session_id"]] if conflict.get("session_id") else []
+    return found + [claim["session_id"] for claim in conflict.get("claims", [])]
 
 
 @post(

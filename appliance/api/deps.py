@@ -10,6 +10,7 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.handlers.base import BaseRouteHandler
 
+from appliance.api.live import user_for_ticket
 from appliance.box import Box
 from appliance.devices import Device, device_for_token
 from appliance.errors import Forbidden, NotFound, Unauthenticated
@@ -46,6 +47,8 @@ def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRoute
     credential, or a person's route whose permission the person's role holds."""
     if handler.opt.get("public") or connection.scope["path"].startswith(PUBLIC_PREFIXES):
         return
+    if handler.opt.get("node"):
+        return  # box-to-box routes check the calling node's signature over the body themselves
     if handler.opt.get("device"):
         scheme, _, token = connection.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "device" or not token.strip():
@@ -57,9 +60,15 @@ def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRoute
     if not isinstance(permission, str):
         raise Forbidden("this route declares no permission, so nobody may use it")
     box: Box = connection.app.state.box
-    # A browser's EventSource cannot send headers, so the live stream also takes ?access_token=.
-    query_token = connection.query_params.get("access_token") if handler.opt.get("token_in_query") else None
-    user = user_for_token(box.db.read(), query_token or bearer_token(connection))
+    # A browser's EventSource cannot send headers, so the live stream also takes a single-use
+    # ?ticket= (what the dashboard uses) or ?access_token=.
+    in_query = bool(handler.opt.get("token_in_query"))
+    ticket = connection.query_params.get("ticket") if in_query else None
+    if ticket:
+        user = user_for_ticket(connection.app, box.db.read(), ticket)
+    else:
+        query_token = connection.query_params.get("access_token") if in_query else None
+        user = user_for_token(box.db.read(), query_token or bearer_token(connection))
     if not allowed(permission, user.role):
         raise Forbidden(
             f"a {user.role} may not do this ({permission})",

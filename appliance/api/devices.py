@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 from urllib.parse import urlencode
 
 import msgspec
-from litestar import Request, get, patch, post
+import segno
+from litestar import Request, Response, get, patch, post
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 
@@ -14,6 +16,8 @@ from appliance import devices
 from appliance.box import Box
 from appliance.errors import ValidationFailed
 from appliance.people import LoginThrottle, User
+
+PAIRING_DIGITS = 6
 
 
 class PairRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -37,12 +41,30 @@ class QuarantineDecision(msgspec.Struct, forbid_unknown_fields=True):
     reason: str
 
 
+def _pairing_uri(box: Box, request: Request[Any, Any, State], code: str) -> str:
+    base = str(request.base_url).rstrip("/")
+    return "stockverify://pair?" + urlencode({"box": base, "code": code, "store": box.node.store_id})
+
+
 @post("/api/devices/pairing-codes", opt={"permission": "devices.manage"}, sync_to_thread=True, status_code=201)
 def pairing_code(box: Box, user: User, request: Request[Any, Any, State]) -> dict[str, Any]:
     made = box.db.write(lambda conn: devices.make_pairing_code(conn, user))
-    base = str(request.base_url).rstrip("/")
-    query = urlencode({"box": base, "code": made["code"], "store": box.node.store_id})
-    return {**made, "qr": f"stockverify://pair?{query}"}
+    return {**made, "qr": _pairing_uri(box, request, made["code"])}
+
+
+@get("/api/devices/pairing-qr", opt={"permission": "devices.manage"}, sync_to_thread=True)
+def pairing_qr(box: Box, request: Request[Any, Any, State], code: str) -> Response[bytes]:
+    """The pairing URI of ``code`` as an SVG QR code, drawn on the box: the store has no internet to
+    fetch a QR library from, and a handheld's camera reads it off the supervisor's screen."""
+    digits = "".join(c for c in code if c.isdigit())
+    if len(digits) != PAIRING_DIGITS or len(code) > PAIRING_DIGITS + 2:
+        raise ValidationFailed("code must be a 6-digit pairing code", details={"field": "code"})
+    pretty = f"{digits[:3]}-{digits[3:]}"
+    svg = io.BytesIO()
+    segno.make_qr(_pairing_uri(box, request, pretty), error="m").save(
+        svg, kind="svg", scale=6, border=2, dark="#000", light="#fff", xmldecl=False, title=f"Pairing code {pretty}"
+    )
+    return Response(svg.getvalue(), media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
 
 
 @post("/api/devices/pair", opt={"public": True}, sync_to_thread=True, status_code=201)
@@ -105,4 +127,4 @@ def decide(data: QuarantineDecision, box: Box, user: User) -> list[dict[str, Any
     return devices.quarantine(box.db.read())
 
 
-ROUTES: list[HTTPRouteHandler] = [pairing_code, pair, list_devices, rename, revoke, quarantine, decide]
+ROUTES: list[HTTPRouteHandler] = [pairing_code, pairing_qr, pair, list_devices, rename, revoke, quarantine, decide]

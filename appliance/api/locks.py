@@ -10,7 +10,9 @@ from litestar.handlers import HTTPRouteHandler
 
 from appliance import locks
 from appliance.box import Box
+from appliance.counting import conflicts
 from appliance.people import User
+from appliance.permissions import allowed
 
 
 class Claim(msgspec.Struct, forbid_unknown_fields=True):
@@ -31,8 +33,15 @@ def _ttl_ms(box: Box) -> int:
 
 
 @get("/api/runs/{run_id:str}/racks", opt={"permission": "sessions.read"}, sync_to_thread=True)
-def rack_board(box: Box, run_id: str) -> list[dict[str, Any]]:
-    return locks.rack_board(box.db.read(), run_id)
+def rack_board(box: Box, user: User, run_id: str) -> list[dict[str, Any]]:
+    """The floor map's tiles; for those who may read the conflict queue, each with its open conflicts."""
+    conn = box.db.read()
+    board = locks.rack_board(conn, run_id)
+    if allowed("conflicts.read", user.role):
+        per_rack = conflicts.open_by_rack(conn, run_id)
+        for tile in board:
+            tile["conflicts"] = per_rack.get(tile["rack_id"], 0)
+    return board
 
 
 @post("/api/runs/{run_id:str}/racks/{rack:str}/claim", opt={"permission": "sessions.count"}, status_code=201)

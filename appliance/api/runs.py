@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, get, patch, post, put
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import Parameter
 
 from appliance.api.deps import user_id_for
 from appliance.box import Box
-from appliance.counting import conflicts, rollups, runs, sessions, variance
+from appliance.counting import activity, conflicts, rollups, runs, sessions, variance
 from appliance.people import User
 
 
@@ -168,6 +169,14 @@ def buckets(box: Box, run_id: str) -> dict[str, Any]:
     return rollups.buckets(conn, run_id)
 
 
+@get("/api/runs/{run_id:str}/activity", opt={"permission": "runs.read"}, sync_to_thread=True)
+def run_activity(
+    box: Box, run_id: str, minutes: Annotated[int, Parameter(ge=1, le=activity.MAX_MINUTES)] = 60
+) -> dict[str, Any]:
+    """Scans per minute and racks completed over time, for the dashboard's charts."""
+    return activity.activity(box.db.read(), run_id, minutes)
+
+
 @get("/api/runs/{run_id:str}/variance", opt={"permission": "runs.read"}, sync_to_thread=True)
 def variance_lines(box: Box, run_id: str, out_of_tolerance: bool = False) -> list[dict[str, Any]]:
     lines = variance.variance_lines(box.db.read(), run_id)
@@ -237,6 +246,7 @@ ROUTES: list[HTTPRouteHandler] = [
     create_session,
     rollup,
     buckets,
+    run_activity,
     variance_lines,
     order_recount,
     decide,

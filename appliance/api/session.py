@@ -13,6 +13,7 @@ from appliance.api.deps import bearer_token
 from appliance.box import Box
 from appliance.errors import Unauthenticated
 from appliance.people import LoginThrottle, Passwords, User, find_login, issue_token, revoke_token
+from appliance.permissions import PERMISSIONS, allowed
 
 
 class LoginForm(msgspec.Struct, forbid_unknown_fields=True):
@@ -43,7 +44,9 @@ def logout(box: Box, request: Request[Any, Any, State]) -> dict[str, Any]:
 
 @get("/api/auth/me", opt={"permission": "session.me"}, sync_to_thread=False)
 def me(user: User) -> dict[str, Any]:
-    return user.to_dict()
+    """With the person's permissions, so a page offers only what the box would allow (the box still
+    checks every request)."""
+    return {**user.to_dict(), "permissions": sorted(p for p in PERMISSIONS if allowed(p, user.role))}
 
 
 ROUTES: list[HTTPRouteHandler] = [login, logout, me]

@@ -11,6 +11,7 @@ from litestar.handlers import HTTPRouteHandler
 
 from appliance import people
 from appliance.box import Box
+from appliance.counting.sessions import COUNTING_ROLES
 from appliance.people import Passwords
 
 
@@ -26,6 +27,17 @@ def list_users(box: Box) -> list[dict[str, Any]]:
     return people.list_users(box.db.read())
 
 
+@get("/api/counters", opt={"permission": "runs.read"}, sync_to_thread=True)
+def counters(box: Box) -> list[dict[str, Any]]:
+    """The active people who can count, by name: whom a supervisor can give a session or a recount.
+    Narrower than ``/api/users`` (admin), which a supervisor may not read."""
+    return [
+        {key: person[key] for key in ("user_id", "username", "display_name", "role")}
+        for person in people.list_users(box.db.read())
+        if person["active"] and person["role"] in COUNTING_ROLES
+    ]
+
+
 @post("/api/users", opt={"permission": "users.write"}, sync_to_thread=True, status_code=201)
 def add_user(data: NewUser, box: Box, request: Request[Any, Any, State]) -> dict[str, Any]:
     username = people.check_new_user(data.username, data.role, data.password)
@@ -37,4 +49,4 @@ def add_user(data: NewUser, box: Box, request: Request[Any, Any, State]) -> dict
     return user.to_dict()
 
 
-ROUTES: list[HTTPRouteHandler] = [list_users, add_user]
+ROUTES: list[HTTPRouteHandler] = [list_users, counters, add_user]

@@ -23,7 +23,7 @@ from appliance.counting import items
 from appliance.errors import NotFound, ValidationFailed
 from appliance.eventlog import EventLog, projection_tables, projector
 from appliance.people import User
-from replication.codec import Event
+from replication.codec import Event, unpack
 
 projection_tables("conflict_resolutions")
 
@@ -269,9 +269,9 @@ def _lease_scans_voided(conn: sqlite3.Connection, event: Event) -> None:
     if conn.execute("INSERT OR IGNORE INTO lease_voids (conflict_id) VALUES (?)", (p["conflict_id"],)).rowcount:
         for code, qty in p["codes"]:
             conn.execute(
-                "INSERT INTO scan_counts (session_id, rack_id, code, writer_id, p, n, last_hlc)"
-                " VALUES (?, ?, ?, ?, 0, ?, 0) ON CONFLICT DO UPDATE SET n = n + excluded.n",
-                (p["session_id"], p["rack_id"], code, p["writer_id"], qty),
+                "INSERT INTO scan_counts (session_id, rack_id, code, writer_id, p, n, u, last_hlc)"
+                " VALUES (?, ?, ?, ?, 0, ?, ?, 0) ON CONFLICT DO UPDATE SET n = n + excluded.n, u = u + excluded.u",
+                (p["session_id"], p["rack_id"], code, p["writer_id"], qty, qty),
             )
 
 
@@ -360,3 +360,46 @@ def _conflict_resolved(conn: sqlite3.Connection, event: Event) -> None:
         " WHERE (excluded.hlc, excluded.writer_id) > (conflict_resolutions.hlc, conflict_resolutions.writer_id)",
         (p["conflict_id"], p.get("fingerprint", ""), p["action"], p["reason"], p["by"], event.hlc, event.writer_id),
     )
+
+
+def racks_of(conn: sqlite3.Connection, conflict: dict[str, Any]) -> set[str]:
+    """The racks a conflict's scans were made on (its session's racks when the scans name none)."""
+    kind = conflict["kind"]
+    pairs: list[tuple[str, str]] = []
+    racks: set[str] = set()
+    if kind == "late_lease":
+        racks.add(conflict["rack_id"])
+    elif kind == "barcode_mismatch":
+        row = conn.execute("SELECT payload FROM events WHERE event_id = ?", (conflict["event_id"],)).fetchone()
+        if row is not None:
+            racks.add(unpack(row[0]).get("rack_id") or "")
+    elif kind == "serial_duplicate":
+        pairs = [(claim["session_id"], claim["product_id"]) for claim in conflict["claims"]]
+    else:
+        pairs = [(conflict["session_id"], conflict["product_id"])]
+    for session_id, product_id in pairs:
+        racks.update(
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT c.rack_id FROM scan_counts c JOIN scan_codes s ON s.code = c.code"
+                " WHERE c.session_id = ? AND s.product_id = ? AND c.rack_id != ''",
+                (session_id, product_id),
+            )
+        )
+    racks.discard("")
+    if not racks:
+        sessions = {s for s, _ in pairs} or {str(conflict.get("session_id"))}
+        for session_id in sessions:
+            racks.update(
+                r[0] for r in conn.execute("SELECT rack_id FROM session_racks WHERE session_id = ?", (session_id,))
+            )
+    return racks
+
+
+def open_by_rack(conn: sqlite3.Connection, run_id: str) -> dict[str, int]:
+    """Open conflicts per rack of a run, for the floor map."""
+    counts: dict[str, int] = {}
+    for conflict in conflicts(conn, run_id):
+        for rack_id in racks_of(conn, conflict):
+            counts[rack_id] = counts.get(rack_id, 0) + 1
+    return counts

@@ -455,12 +455,15 @@ def _count(
     dp: int,
     dn: int,
     hlc: int,
+    du: int = 0,
 ) -> None:
+    """Add to a writer's counter entry; ``du`` is the part of ``dn`` that an undo contributes."""
     conn.execute(
-        "INSERT INTO scan_counts (session_id, rack_id, code, writer_id, p, n, last_hlc) VALUES (?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT DO UPDATE SET p = p + excluded.p, n = n + excluded.n,"
+        "INSERT INTO scan_counts (session_id, rack_id, code, writer_id, p, n, u, last_hlc)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET p = p + excluded.p, n = n + excluded.n, u = u + excluded.u,"
         " last_hlc = max(last_hlc, excluded.last_hlc)",
-        (session_id, rack_id, code, writer, dp, dn, hlc),
+        (session_id, rack_id, code, writer, dp, dn, du, hlc),
     )
     _note_code(conn, code)
 
@@ -484,7 +487,7 @@ def _scan_undone(conn: sqlite3.Connection, event: Event) -> None:
     undone = conn.execute("INSERT OR IGNORE INTO scan_undos (undoes) VALUES (?)", (p["undoes"],))
     if undone.rowcount:
         # last_hlc stays the last *scan's* time (0 never raises it), whichever undo won the race.
-        _count(conn, p["session_id"], p["rack_id"] or "", p["code"], p["of_writer"], 0, p["qty"], 0)
+        _count(conn, p["session_id"], p["rack_id"] or "", p["code"], p["of_writer"], 0, p["qty"], 0, du=p["qty"])
 
 
 @projector("count.adjusted")

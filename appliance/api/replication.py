@@ -1,0 +1,198 @@
+"""Box ⇄ box ⇄ HQ endpoints: enrol (hello), pull, push, and the replication status people read.
+
+The node routes are not for people: each verifies the calling node's Ed25519 signature over the exact
+body before doing anything, and each answer is signed by this node, so a box acts only on bytes a
+node it enrolled sent, and the caller can tell the answer came from the node it enrolled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from typing import Any
+
+import msgpack
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.handlers import HTTPRouteHandler
+
+from appliance import counters, replicas
+from appliance.box import Box
+from appliance.errors import BadRequest, Forbidden, Unauthenticated
+from appliance.eventlog import version_vector
+from appliance.hub import Hub
+from replication import protocol
+from replication.hlc import wall_ms
+
+MSGPACK = "application/msgpack"
+DEFAULT_PAGE = 2000
+
+
+def _hub(request: Request[Any, Any, State]) -> Hub | None:
+    hub: Hub | None = getattr(request.app.state, "hub", None)
+    return hub
+
+
+def _unpack(body: bytes) -> dict[str, Any]:
+    try:
+        data = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.ExtraData) as exc:
+        raise BadRequest(f"body is not msgpack: {exc}", code="BAD_PAGE") from None
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a msgpack map", code="BAD_PAGE")
+    return data
+
+
+def _signed(box: Box, request: Request[Any, Any, State], body: bytes, media_type: str) -> Response[bytes]:
+    headers = protocol.signed_headers(
+        box.node.key, box.node.node_id, request.method, request.url.path, body, wall_ms(), answer=True
+    )
+    return Response(body, media_type=media_type, headers=headers)
+
+
+async def _caller(request: Request[Any, Any, State], box: Box, body: bytes) -> tuple[sqlite3.Row, Box]:
+    """The enrolled node that signed this request, and the store replica it may touch."""
+    try:
+        signed = protocol.read_signature(request.headers)
+    except protocol.ProtocolError as exc:
+        raise Unauthenticated(str(exc), code="NODE_SIGNATURE_REQUIRED") from None
+    row = replicas.peer(box.db.read(), signed.node_id)
+    if row is None:
+        raise Unauthenticated(f"node {signed.node_id} is not enrolled here; say hello first", code="NOT_ENROLLED")
+    problem = protocol.verify(bytes(row["public_key"]), signed, request.method, request.url.path, body, wall_ms())
+    if problem is not None:
+        raise Unauthenticated(problem, code="BAD_SIGNATURE")
+    hub = _hub(request)
+    target = await asyncio.to_thread(hub.replica, row["store_id"]) if hub is not None else box
+    return row, target
+
+
+@post("/api/replication/hello", opt={"node": True}, status_code=200)
+async def hello(request: Request[Any, Any, State], box: Box) -> Response[bytes]:
+    """Enrol a node that proves it belongs to this store (or, at HQ, to a store HQ serves)."""
+    body = await request.body()
+    data = _unpack(body)
+    try:
+        signed = protocol.read_signature(request.headers)
+        node_id, store_id, role = str(data["node_id"]), str(data["store_id"]), str(data["role"])
+        public_key, proof, url = bytes(data["public_key"]), bytes(data["proof"]), str(data.get("url") or "")
+    except (KeyError, TypeError, ValueError, protocol.ProtocolError) as exc:
+        raise BadRequest(
+            f"hello needs node_id, store_id, role, public_key and proof: {exc}", code="BAD_HELLO"
+        ) from None
+    if signed.node_id != node_id:
+        raise Unauthenticated("the hello is signed by another node than it names", code="BAD_SIGNATURE")
+    problem = protocol.verify(public_key, signed, request.method, request.url.path, body, wall_ms())
+    if problem is not None:
+        raise Unauthenticated(problem, code="BAD_SIGNATURE")
+    settings = box.settings
+    hub = _hub(request)
+    if hub is not None:
+        secret, peer_role = settings.hq_secret, "store"
+    else:
+        if store_id != box.node.store_id:
+            raise Forbidden(f"this box serves store {box.node.store_id}, not {store_id}", code="WRONG_STORE")
+        secret, peer_role = settings.store_secret, "box"
+    if role != "box":
+        raise Forbidden(f"only store boxes enrol here, not {role!r}", code="NOT_ENROLLED")
+    if not protocol.proof_ok(secret, store_id, node_id, public_key, proof):
+        raise Forbidden("the enrolment proof does not match this box's secret", code="NOT_ENROLLED")
+    await box.db.awrite(lambda conn: replicas.enrol_peer(conn, node_id, store_id, peer_role, public_key, url))
+    target = box
+    if hub is not None:
+        target = await asyncio.to_thread(hub.replica, store_id)
+        await target.db.awrite(lambda conn: replicas.enrol_peer(conn, node_id, store_id, peer_role, public_key, url))
+    conn = target.db.read()
+    answer = {
+        "node_id": box.node.node_id,
+        "store_id": store_id,
+        "role": "hq" if hub is not None else "box",
+        "public_key": box.node.public_key,
+        "proof": protocol.enrol_proof(secret, store_id, box.node.node_id, box.node.public_key),
+        "vector": version_vector(conn),
+        "covered": counters.covered(conn),
+        "api": protocol.API_VERSION,
+    }
+    return _signed(box, request, msgpack.packb(answer, use_bin_type=True), MSGPACK)
+
+
+@post("/api/replication/pull", opt={"node": True}, status_code=200)
+async def pull(request: Request[Any, Any, State], box: Box) -> Response[bytes]:
+    """ "Here is my vector; send what I lack": one page, oldest arrivals first."""
+    body = await request.body()
+    row, target = await _caller(request, box, body)
+    data = _unpack(body)
+    theirs = {str(k): int(v) for k, v in (data.get("vector") or {}).items()}
+    limit = max(1, min(int(data.get("limit") or DEFAULT_PAGE), protocol.MAX_PAGE_EVENTS))
+    store_id = target.node.store_id
+    page = await asyncio.to_thread(lambda: replicas.delta(target.db.read(), store_id, theirs, limit))
+    packed = protocol.pack_page(page)
+    if page["events"] or replicas.vector_of(row["their_vector"]) != theirs:
+        await target.db.awrite(
+            lambda conn: replicas.note_exchange(
+                conn, row["node_id"], their_vector=theirs, events_out=len(page["events"]), bytes_out=len(packed)
+            )
+        )
+    return _signed(box, request, packed, protocol.MEDIA_TYPE)
+
+
+@post("/api/replication/push", opt={"node": True}, status_code=200)
+async def push(request: Request[Any, Any, State], box: Box) -> Response[bytes]:
+    """Apply a page another node sent; answered only once it is committed, with what we now hold."""
+    body = await request.body()
+    row, target = await _caller(request, box, body)
+    try:
+        page = protocol.unpack_page(body)
+    except protocol.ProtocolError as exc:
+        raise BadRequest(str(exc), code="BAD_PAGE") from None
+    store_id, node_id = target.node.store_id, row["node_id"]
+    if page.get("mode") == counters.MODE:
+
+        def merge(conn: sqlite3.Connection) -> dict[str, Any]:
+            covered = counters.merge(conn, store_id, page)
+            replicas.note_exchange(conn, node_id, their_vector=page.get("vector"), bytes_in=len(body))
+            return {"covered": covered}
+
+        answer = await target.db.awrite(merge)
+    else:
+
+        def apply(conn: sqlite3.Connection) -> dict[str, Any]:
+            applied = replicas.apply_page(conn, target.log, store_id, page, node_id, len(body))
+            return {"applied": applied, "vector": version_vector(conn)}
+
+        answer = await target.db.awrite(apply)
+    return _signed(box, request, msgpack.packb(answer, use_bin_type=True), MSGPACK)
+
+
+@get("/api/replication/status", opt={"permission": "replication.read"}, sync_to_thread=True)
+def replication_status(request: Request[Any, Any, State], box: Box) -> dict[str, Any]:
+    """Every peer (and at HQ every store): lag, pending events, last success, bytes."""
+    conn = box.db.read()
+    vector = version_vector(conn)
+    out: dict[str, Any] = {
+        "node_id": box.node.node_id,
+        "store_id": box.node.store_id,
+        "role": box.node.role,
+        "events": sum(vector.values()),
+        "peers": replicas.status(conn),
+    }
+    hub = _hub(request)
+    if hub is not None:
+        stores = []
+        for store_id in hub.store_ids():
+            replica = hub.replica(store_id)
+            rconn = replica.db.read()
+            held = version_vector(rconn)
+            stores.append(
+                {
+                    "store_id": store_id,
+                    "events": sum(held.values()),
+                    "counter_events": sum(counters.covered(rconn).values()),
+                    "peers": replicas.status(rconn),
+                }
+            )
+        out["stores"] = stores
+    return out
+
+
+ROUTES: list[HTTPRouteHandler] = [hello, pull, push, replication_status]

@@ -1,0 +1,266 @@
+"""Replicas of one store's log: enrolled peers, the delta another replica lacks, applying a page.
+
+What a replica holds is its version vector (each writer's stream is gap-free), so "send what I lack"
+is "every event above your vector", sent in this box's arrival order. Arrival order is causal — a
+device's events arrive after the event that enrolled it, a scan after its session's creation — so a
+page can always be applied front to back through the one record path, ``EventLog.append_run``,
+which checks every event's seq and hash link again. Applying a page twice changes nothing: events at
+or below the receiver's vector are skipped, and the peer's row (its vector, counters, last success)
+is written in the same transaction as the events, so the cursor can never run ahead of the data.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+import msgpack
+
+from appliance.errors import BadRequest, Conflict, Forbidden
+from appliance.eventlog import EventLog, enroll_writer, version_vector
+from replication.codec import Event, verify_chain_head
+from replication.hlc import ClockDriftError, wall_ms
+from replication.protocol import API_VERSION, ProtocolError, event_row, lacking, row_event
+
+log = logging.getLogger(__name__)
+
+PEER_ROLES = ("box", "hq", "store")  # "store": a store's box as seen from its HQ
+
+
+# -- peers ------------------------------------------------------------------------------------------
+def enrol_peer(
+    conn: sqlite3.Connection, node_id: str, store_id: str, role: str, public_key: bytes, url: str = ""
+) -> None:
+    """Remember a node whose enrolment proof checked out. Its key can never change afterwards: a
+    node that comes back with another key is someone else using its name."""
+    row = conn.execute("SELECT public_key, store_id FROM peers WHERE node_id = ?", (node_id,)).fetchone()
+    if row is not None and (bytes(row["public_key"]) != public_key or row["store_id"] != store_id):
+        raise Forbidden(f"node {node_id} is enrolled with another key or store", code="PEER_KEY_MISMATCH", details=None)
+    conn.execute(
+        "INSERT INTO peers (node_id, store_id, role, public_key, url, enrolled_at) VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET url = CASE WHEN excluded.url != '' THEN excluded.url ELSE url END,"
+        " role = excluded.role",
+        (node_id, store_id, role, public_key, url, wall_ms()),
+    )
+
+
+def peer(conn: sqlite3.Connection, node_id: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute("SELECT * FROM peers WHERE node_id = ?", (node_id,)).fetchone()
+    return row
+
+
+def vector_of(blob: bytes | None) -> dict[str, int]:
+    return dict(msgpack.unpackb(blob, raw=False)) if blob else {}
+
+
+def _pack_vector(vector: dict[str, int]) -> bytes:
+    return msgpack.packb(vector, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def note_exchange(
+    conn: sqlite3.Connection,
+    node_id: str,
+    *,
+    their_vector: dict[str, int] | None = None,
+    events_in: int = 0,
+    events_out: int = 0,
+    bytes_in: int = 0,
+    bytes_out: int = 0,
+) -> None:
+    """Record a successful exchange with a peer (called inside the transaction that applied it)."""
+    conn.execute(
+        "UPDATE peers SET last_ok_at = ?, last_error = NULL,"
+        " their_vector = coalesce(?, their_vector), events_in = events_in + ?, events_out = events_out + ?,"
+        " bytes_in = bytes_in + ?, bytes_out = bytes_out + ? WHERE node_id = ?",
+        (
+            wall_ms(),
+            None if their_vector is None else _pack_vector(their_vector),
+            events_in,
+            events_out,
+            bytes_in,
+            bytes_out,
+            node_id,
+        ),
+    )
+
+
+def note_failure(conn: sqlite3.Connection, node_id: str, error: str) -> None:
+    conn.execute(
+        "UPDATE peers SET last_error = ?, last_error_at = ? WHERE node_id = ?", (error[:500], wall_ms(), node_id)
+    )
+
+
+def status(conn: sqlite3.Connection, now_ms: int | None = None) -> list[dict[str, Any]]:
+    """Each peer as a field tech or a manager wants it: is it keeping up, and if not, since when."""
+    now = wall_ms() if now_ms is None else now_ms
+    ours = version_vector(conn)
+    out = []
+    for row in conn.execute("SELECT * FROM peers ORDER BY role, node_id"):
+        theirs = vector_of(row["their_vector"])
+        last_ok = row["last_ok_at"]
+        out.append(
+            {
+                "node_id": row["node_id"],
+                "store_id": row["store_id"],
+                "role": row["role"],
+                "url": row["url"],
+                "last_ok_at": last_ok,
+                "lag_s": None if last_ok is None else round((now - last_ok) / 1000, 1),
+                "pending": lacking(theirs, ours),  # events we hold that it has not confirmed
+                "behind": lacking(ours, theirs),  # events it holds that we have not fetched yet
+                "last_error": row["last_error"],
+                "last_error_at": row["last_error_at"],
+                "events_in": row["events_in"],
+                "events_out": row["events_out"],
+                "bytes_in": row["bytes_in"],
+                "bytes_out": row["bytes_out"],
+            }
+        )
+    return out
+
+
+# -- the delta --------------------------------------------------------------------------------------
+def delta(conn: sqlite3.Connection, store_id: str, theirs: dict[str, int], limit: int) -> dict[str, Any]:
+    """A page of the events this replica holds above ``theirs``, in arrival order."""
+    ours = version_vector(conn)
+    starts = []
+    for writer, head in ours.items():
+        have = theirs.get(writer, 0)
+        if head > have:
+            row = conn.execute("SELECT pos FROM events WHERE writer_id = ? AND seq = ?", (writer, have + 1)).fetchone()
+            starts.append(row[0])
+    events: list[list[Any]] = []
+    cursor = dict(theirs)
+    shipped: dict[str, int] = {}
+    more = False
+    if starts:
+        rows = conn.execute(
+            "SELECT writer_id, seq, event_id, type, payload, hlc, occurred_at, prev_hash FROM events"
+            " WHERE pos >= ? ORDER BY pos",
+            (min(starts),),
+        )
+        for row in rows:
+            writer, seq = row[0], row[1]
+            if seq <= cursor.get(writer, 0):
+                continue
+            if len(events) == limit:
+                more = True
+                break
+            events.append(list(row))
+            cursor[writer] = seq
+            shipped[writer] = seq
+    new_writers = [w for w in shipped if theirs.get(w, 0) == 0]
+    writers = [
+        list(r)
+        for r in _rows_in(
+            conn, "SELECT writer_id, kind, store_id, name, public_key FROM writers WHERE writer_id IN ({})", new_writers
+        )
+    ]
+    heads = []
+    for writer, last in shipped.items():
+        head = conn.execute(
+            "SELECT writer_id, seq, hash, signature FROM chain_heads WHERE writer_id = ? AND seq > ? AND seq <= ?"
+            " ORDER BY seq DESC LIMIT 1",
+            (writer, theirs.get(writer, 0), last),
+        ).fetchone()
+        if head is not None:
+            heads.append(list(head))
+    return {
+        "v": API_VERSION,
+        "store": store_id,
+        "vector": ours,
+        "writers": writers,
+        "events": events,
+        "heads": heads,
+        "more": more,
+    }
+
+
+def _rows_in(conn: sqlite3.Connection, sql: str, keys: list[str]) -> Iterable[sqlite3.Row]:
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        yield from conn.execute(sql.format(",".join("?" for _ in chunk)), chunk)
+
+
+def events_page(events: Iterable[Event]) -> list[list[Any]]:
+    return [event_row(e) for e in events]
+
+
+# -- applying a page --------------------------------------------------------------------------------
+def apply_page(
+    conn: sqlite3.Connection,
+    event_log: EventLog,
+    store_id: str,
+    page: dict[str, Any],
+    source: str | None,
+    nbytes: int = 0,
+) -> int:
+    """Apply a page from ``source`` (a peer's node id) in the caller's transaction; returns how many
+    events were new. A page that breaks a chain or carries a forged head is refused whole."""
+    if page.get("store") != store_id:
+        raise Forbidden(
+            f"page of store {page.get('store')!r} offered to store {store_id!r}", code="WRONG_STORE", details=None
+        )
+    try:
+        writers = page.get("writers") or []
+        for writer_id, kind, writer_store, name, public_key in writers:
+            if writer_store != store_id:
+                raise Forbidden(f"writer {writer_id} belongs to store {writer_store}", code="WRONG_STORE")
+            if kind not in ("box", "device", "scanner"):
+                raise BadRequest(f"writer {writer_id} has unknown kind {kind!r}", code="VALIDATION")
+            enroll_writer(conn, writer_id, kind, store_id, name, bytes(public_key))
+        events = [row_event(row) for row in page.get("events") or []]
+        heads = page.get("heads") or []
+    except (TypeError, ValueError, ProtocolError) as exc:
+        raise BadRequest(f"malformed page: {exc}", code="BAD_PAGE") from None
+    applied = 0
+    for run in _runs(events):
+        head = conn.execute("SELECT head_seq FROM writers WHERE writer_id = ?", (run[0].writer_id,)).fetchone()
+        have = head["head_seq"] if head is not None else 0
+        fresh = [e for e in run if e.seq > have]
+        if fresh:
+            event_log.append_run(conn, fresh)
+            applied += len(fresh)
+    if events:
+        try:
+            event_log.clock.observe(max(e.hlc for e in events))
+        except ClockDriftError:
+            log.warning(
+                "a replicated event is far ahead of this box's clock; check the clocks", extra={"source": source}
+            )
+    for writer_id, seq, digest, signature in heads:
+        _store_head(conn, writer_id, seq, bytes(digest), bytes(signature))
+    if source is not None:
+        note_exchange(conn, source, their_vector=page.get("vector"), events_in=applied, bytes_in=nbytes)
+    return applied
+
+
+def _runs(events: list[Event]) -> Iterable[list[Event]]:
+    """Consecutive events of one writer, in page order."""
+    run: list[Event] = []
+    for event in events:
+        if run and event.writer_id != run[-1].writer_id:
+            yield run
+            run = []
+        run.append(event)
+    if run:
+        yield run
+
+
+def _store_head(conn: sqlite3.Connection, writer_id: str, seq: int, digest: bytes, signature: bytes) -> None:
+    """Keep a writer's signed head only if it signs the event we hold at that seq, with its key."""
+    row = conn.execute(
+        "SELECT w.public_key, e.hash FROM writers w JOIN events e ON e.writer_id = w.writer_id AND e.seq = ?"
+        " WHERE w.writer_id = ?",
+        (seq, writer_id),
+    ).fetchone()
+    if row is None or bytes(row["hash"]) != digest:
+        raise Conflict(f"signed head {writer_id}:{seq} does not match the events sent", code="CHAIN_BROKEN")
+    if not verify_chain_head(bytes(row["public_key"]), writer_id, seq, digest, signature):
+        raise Conflict(f"signed head {writer_id}:{seq} does not verify with the writer's key", code="BAD_SIGNATURE")
+    conn.execute(
+        "INSERT OR IGNORE INTO chain_heads (writer_id, seq, hash, signature, signed_at) VALUES (?, ?, ?, ?, ?)",
+        (writer_id, seq, digest, signature, wall_ms()),
+    )
