@@ -8,7 +8,6 @@ every command it carries out is an event signed by this key.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.errors import Unavailable
+from replication import codec
 from replication.hlc import wall_ms
 
 log = logging.getLogger(__name__)
@@ -43,25 +43,13 @@ def public_bytes(key: Ed25519PrivateKey) -> bytes:
 def load_or_create_key(keys_dir: Path) -> tuple[Ed25519PrivateKey, bool]:
     """Return the node key and whether it was just made."""
     path = keys_dir / KEY_FILE
-    if path.exists():
-        seed = path.read_bytes()
-        if len(seed) != 32:
-            raise Unavailable(f"node key {path} is damaged ({len(seed)} bytes, expected 32)")
-        return Ed25519PrivateKey.from_private_bytes(seed), False
-    keys_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(keys_dir, 0o700)
-    key = Ed25519PrivateKey.generate()
-    seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, seed)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    log.info("node key created", extra={"path": str(path)})
-    return key, True
+        key, made = codec.load_or_create_key(path)
+    except ValueError as exc:
+        raise Unavailable(f"node key: {exc}") from None
+    if made:
+        log.info("node key created", extra={"path": str(path)})
+    return key, made
 
 
 def read_node(conn: sqlite3.Connection) -> sqlite3.Row | None:

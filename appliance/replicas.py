@@ -22,11 +22,9 @@ from appliance.errors import BadRequest, Conflict, Forbidden
 from appliance.eventlog import EventLog, enroll_writer, version_vector
 from replication.codec import Event, verify_chain_head
 from replication.hlc import ClockDriftError, wall_ms
-from replication.protocol import API_VERSION, ProtocolError, event_row, lacking, row_event
+from replication.protocol import API_VERSION, ProtocolError, lacking, row_event
 
 log = logging.getLogger(__name__)
-
-PEER_ROLES = ("box", "hq", "store")  # "store": a store's box as seen from its HQ
 
 
 # -- peers ------------------------------------------------------------------------------------------
@@ -182,10 +180,6 @@ def _rows_in(conn: sqlite3.Connection, sql: str, keys: list[str]) -> Iterable[sq
     for start in range(0, len(keys), 500):
         chunk = keys[start : start + 500]
         yield from conn.execute(sql.format(",".join("?" for _ in chunk)), chunk)
-
-
-def events_page(events: Iterable[Event]) -> list[list[Any]]:
-    return [event_row(e) for e in events]
 
 
 # -- applying a page --------------------------------------------------------------------------------

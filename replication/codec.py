@@ -16,11 +16,14 @@ encodings differ between platforms and would break hashes. ``docs/sync-protocol.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgpack
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 FORMAT_VERSION = 1
@@ -175,3 +178,27 @@ def verify_chain(events: list[Event], start_hash: bytes = ZERO_HASH, start_seq: 
             return index
         expected_hash, expected_seq = event.hash, expected_seq + 1
     return None
+
+
+def load_or_create_key(path: Path) -> tuple[Ed25519PrivateKey, bool]:
+    """An Ed25519 key kept as its 32-byte seed at ``path`` (mode 0600), made on first use; returns the
+    key and whether it was just made. Written to a temporary file, fsynced and renamed, so a crash
+    never leaves half a key. Raises ``ValueError`` for a damaged file."""
+    if path.exists():
+        seed = path.read_bytes()
+        if len(seed) != 32:
+            raise ValueError(f"key {path} is damaged ({len(seed)} bytes, expected 32)")
+        return Ed25519PrivateKey.from_private_bytes(seed), False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    key = Ed25519PrivateKey.generate()
+    seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, seed)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return key, True

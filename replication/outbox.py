@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ulid import ULID
 
 from replication.codec import Event, unpack
+from replication.codec import load_or_create_key as codec_load_key
 from replication.hlc import HybridClock, wall_ms
 from replication.payloads import check_payload
 
@@ -137,25 +137,8 @@ class ChainHead:
 
 
 def load_or_create_key(folder: Path) -> Ed25519PrivateKey:
-    """The device key, made on first use; written atomically so a crash never leaves half a key."""
-    path = folder / KEY_FILE
-    if path.exists():
-        seed = path.read_bytes()
-        if len(seed) != 32:
-            raise ValueError(f"device key {path} is damaged ({len(seed)} bytes, expected 32)")
-        return Ed25519PrivateKey.from_private_bytes(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
-    key = Ed25519PrivateKey.generate()
-    seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, seed)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """The device key, made on first use (see ``codec.load_or_create_key``)."""
+    key, _ = codec_load_key(folder / KEY_FILE)
     return key
 
 
