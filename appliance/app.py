@@ -33,12 +33,14 @@ from appliance.api import (
     sync,
     users,
 )
+from appliance.api import hq as hq_api
 from appliance.api import log as log_api
 from appliance.api import replication as replication_api
 from appliance.api.deps import authorize, provide_box, provide_device, provide_user
 from appliance.box import Box
 from appliance.errors import StockVerifyError
 from appliance.hub import Hub
+from appliance.lock_forwarding import lock_forwarding_lifespan
 from appliance.people import LoginThrottle, Passwords
 from appliance.replicator import replication_lifespan
 from replication.discovery import mdns_lifespan
@@ -64,6 +66,7 @@ API_ROUTES: list[HTTPRouteHandler] = [
     *locks.ROUTES,
     *log_api.ROUTES,
     *replication_api.ROUTES,
+    *hq_api.ROUTES,
 ]
 
 _HTTP_CODES = {
@@ -187,7 +190,7 @@ def create_app(box: Box) -> Litestar:
         openapi_config=OpenAPIConfig(title="StockVerify Edge", version=__version__),
         request_max_body_size=settings.max_request_bytes,
         on_startup=[_bind_bus],
-        lifespan=[_lease_watch, mdns_lifespan, replication_lifespan],
+        lifespan=[_lease_watch, mdns_lifespan, replication_lifespan, lock_forwarding_lifespan],
         on_shutdown=shutdown,
         logging_config=None,  # the CLI's key=value formatter stays in charge
         debug=False,

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-from appliance.counting.items import PRODUCT_CODE_PREFIX
+from appliance.counting.items import PRODUCT_CODE_PREFIX, resolve_code
 from appliance.errors import BadRequest, Forbidden
 from appliance.eventlog import version_vector
 from replication.codec import unpack
@@ -155,6 +155,20 @@ def merge(conn: sqlite3.Connection, store_id: str, page: dict[str, Any]) -> dict
     return vector
 
 
+def _note_codes(conn: sqlite3.Connection, codes: set[str]) -> None:
+    """Resolve codes new to this replica against its own product master, as the scan fold does.
+
+    Totals per product join counters to ``scan_codes``; a code entered unresolved would leave its
+    counts out of every product's quantity until the next import or mapping re-resolved it.
+    """
+    for code in sorted(codes):
+        if conn.execute("SELECT 1 FROM scan_codes WHERE code = ?", (code,)).fetchone() is None:
+            product_id, how = resolve_code(conn, code)
+            conn.execute(
+                "INSERT INTO scan_codes (code, product_id, matched_by) VALUES (?, ?, ?)", (code, product_id, how)
+            )
+
+
 def _merge(conn: sqlite3.Connection, page: dict[str, Any]) -> None:
     conn.executemany(
         "INSERT INTO scan_counts (session_id, rack_id, code, writer_id, p, n, last_hlc) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -162,17 +176,18 @@ def _merge(conn: sqlite3.Connection, page: dict[str, Any]) -> None:
         " last_hlc = max(last_hlc, excluded.last_hlc)",
         page["scan_counts"],
     )
-    for code in {row[2] for row in page["scan_counts"]}:
-        conn.execute("INSERT OR IGNORE INTO scan_codes (code, product_id, matched_by) VALUES (?, NULL, '')", (code,))
+    seen = {row[2] for row in page["scan_counts"]}
     for kind, once, session_id, rack_id, writer_id, codes in page["negations"]:
         table, column = ("scan_undos", "undoes") if kind == "undo" else ("lease_voids", "conflict_id")
         if conn.execute(f"INSERT OR IGNORE INTO {table} ({column}) VALUES (?)", (once,)).rowcount:
             for code, qty in codes:
+                seen.add(code)
                 conn.execute(
                     "INSERT INTO scan_counts (session_id, rack_id, code, writer_id, p, n, u, last_hlc)"
                     " VALUES (?, ?, ?, ?, 0, ?, ?, 0) ON CONFLICT DO UPDATE SET n = n + excluded.n, u = u + excluded.u",
                     (session_id, rack_id, code, writer_id, qty, qty),
                 )
+    _note_codes(conn, seen)
     conn.executemany(
         "INSERT INTO damage_counts (session_id, product_id, writer_id, p, n) VALUES (?, ?, ?, ?, ?)"
         " ON CONFLICT DO UPDATE SET p = max(p, excluded.p), n = max(n, excluded.n)",

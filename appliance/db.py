@@ -19,7 +19,7 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +33,7 @@ JobHook = Callable[[sqlite3.Connection], None]
 
 BUSY_TIMEOUT_MS = 10_000
 MAX_GROUP = 256  # jobs folded into one commit at most
+ROWS_PER_STATEMENT = 100
 
 
 def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
@@ -48,6 +49,22 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
         # FULL: the WAL is fsynced at every commit, so a committed scan survives power loss.
         conn.execute("PRAGMA synchronous = FULL")
     return conn
+
+
+def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]], tail: str = "") -> None:
+    """``head VALUES (…), (…), … tail`` for up to ROWS_PER_STATEMENT rows per statement.
+
+    ``executemany`` steps the statement once per row, and Python's sqlite3 gives up and retakes the
+    GIL around every step; with the event loop busy checking the next batch, each retake waits. One
+    statement per hundred rows runs the inserts in one stretch without the GIL, in parallel with the
+    loop. Statements of each length are prepared once and kept in the connection's statement cache.
+    """
+    if not rows:
+        return
+    marks = "(" + ", ".join("?" * len(rows[0])) + ")"
+    for at in range(0, len(rows), ROWS_PER_STATEMENT):
+        part = rows[at : at + ROWS_PER_STATEMENT]
+        conn.execute(f"{head} VALUES {', '.join([marks] * len(part))}{tail}", [v for row in part for v in row])
 
 
 @contextmanager

@@ -78,3 +78,16 @@ class RateLimited(StockVerifyError):
 class Unavailable(StockVerifyError):
     status = 503
     default_code = "UNAVAILABLE"
+
+
+def error_from(status: int, code: str, message: str, details: Any = None) -> StockVerifyError:
+    """Rebuild an error another box raised (a forwarded lock answer), keeping its class, code and details,
+    so the person sees exactly what that box would have told them."""
+    classes: dict[int, type[StockVerifyError]] = {StockVerifyError.status: StockVerifyError}
+    pending: list[type[StockVerifyError]] = [StockVerifyError]
+    while pending:
+        for sub in pending.pop().__subclasses__():
+            classes.setdefault(sub.status, sub)
+            pending.append(sub)
+    cls = classes.get(status, StockVerifyError)
+    return cls(message, code=code, details=details)

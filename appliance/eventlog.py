@@ -18,6 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ulid import ULID
 
+from appliance.db import insert_rows
 from appliance.errors import Conflict, NotFound
 from replication.codec import (
     ZERO_HASH,
@@ -31,7 +32,9 @@ from replication.hlc import HybridClock, wall_ms
 log = logging.getLogger(__name__)
 
 Projector = Callable[[sqlite3.Connection, Event], None]
+RunProjector = Callable[[sqlite3.Connection, Sequence[Event]], None]
 _PROJECTORS: dict[str, list[Projector]] = {}
+_RUN_PROJECTORS: dict[str, list[RunProjector]] = {}
 _PROJECTION_TABLES: list[str] = []
 
 
@@ -43,7 +46,27 @@ def projector(event_type: str) -> Callable[[Projector], Projector]:
     """
 
     def register(fn: Projector) -> Projector:
+        if event_type in _RUN_PROJECTORS:
+            raise ValueError(f"{event_type} is folded in runs; add a run fold")
         _PROJECTORS.setdefault(event_type, []).append(fn)
+        return fn
+
+    return register
+
+
+def run_projector(event_type: str) -> Callable[[RunProjector], RunProjector]:
+    """Register a fold that takes consecutive events of one type at once.
+
+    For the types that arrive by the thousand (scans) one statement per counter entry, rather than one
+    per event, is most of the cost of a batch. A run fold must leave the projections exactly as
+    folding its events one by one would; a type's folds are either all run folds or none, so no fold
+    ever sees another's tables half a run ahead.
+    """
+
+    def register(fn: RunProjector) -> RunProjector:
+        if event_type in _PROJECTORS:
+            raise ValueError(f"{event_type} is folded event by event; add a plain fold")
+        _RUN_PROJECTORS.setdefault(event_type, []).append(fn)
         return fn
 
     return register
@@ -60,8 +83,27 @@ def projection_tables(*tables: str) -> None:
 
 
 def apply(conn: sqlite3.Connection, event: Event) -> None:
-    for fold in _PROJECTORS.get(event.type, ()):
-        fold(conn, event)
+    apply_run(conn, (event,))
+
+
+def apply_run(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
+    """Fold events in order; each stretch of one type goes to that type's run folds in one call."""
+    start, count = 0, len(events)
+    while start < count:
+        event_type = events[start].type
+        end = start + 1
+        while end < count and events[end].type == event_type:
+            end += 1
+        if event_type in _RUN_PROJECTORS:
+            stretch = events[start:end]
+            for run_fold in _RUN_PROJECTORS[event_type]:
+                run_fold(conn, stretch)
+        else:
+            folds = _PROJECTORS.get(event_type, ())
+            for index in range(start, end):
+                for fold in folds:
+                    fold(conn, events[index])
+        start = end
 
 
 class ChainError(Conflict):
@@ -146,9 +188,10 @@ class EventLog:
         # Plain max() so that SQLite reads it off the end of the primary key (no scan).
         first_pos = int(conn.execute("SELECT max(pos) FROM events").fetchone()[0] or 0) + 1
         received = wall_ms()
-        conn.executemany(
+        insert_rows(
+            conn,
             "INSERT INTO events (pos, writer_id, seq, event_id, type, payload, hlc, occurred_at, prev_hash, hash,"
-            " received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " received_at)",
             [
                 (
                     first_pos + index,
@@ -167,9 +210,9 @@ class EventLog:
             ],
         )
         conn.execute("UPDATE writers SET head_seq = ?, head_hash = ? WHERE writer_id = ?", (seq, prev, writer_id))
-        for index, event in enumerate(events):
-            apply(conn, event)
-            for listener in self.listeners:
+        apply_run(conn, events)
+        for listener in self.listeners:
+            for index, event in enumerate(events):
                 listener(first_pos + index, event)
 
     def record(self, conn: sqlite3.Connection, event_type: str, payload: dict[str, Any]) -> Event:
@@ -289,8 +332,13 @@ def rebuild(conn: sqlite3.Connection) -> int:
     for table in reversed(_PROJECTION_TABLES):
         conn.execute(f"DELETE FROM {table}")
     count = 0
+    chunk: list[Event] = []
     for event in all_events(conn):
-        apply(conn, event)
-        count += 1
+        chunk.append(event)
+        if len(chunk) == 1000:
+            apply_run(conn, chunk)
+            count, chunk = count + len(chunk), []
+    apply_run(conn, chunk)
+    count += len(chunk)
     log.info("projections rebuilt", extra={"events": count, "tables": len(_PROJECTION_TABLES)})
     return count

@@ -127,17 +127,18 @@ class EventBus:
 
 
 class LogTap:
-    """Collects the messages of the events a write group appends; publishes them after COMMIT."""
+    """Collects the events a write group appends; publishes their messages after COMMIT.
+
+    Messages are made only at COMMIT and only if someone is listening then: a box catching up on a
+    peer's 20,000 events with no dashboard open does not build 20,000 messages for nobody."""
 
     def __init__(self, bus: EventBus) -> None:
         self._bus = bus
-        self._job: list[tuple[int | None, dict[str, Any]]] = []
-        self._group: list[tuple[int | None, dict[str, Any]]] = []
+        self._job: list[tuple[int, Event]] = []
+        self._group: list[tuple[int, Event]] = []
 
     def appended(self, pos: int, event: Event) -> None:
-        message = message_for(event)
-        if message is not None:
-            self._job.append((pos, message))
+        self._job.append((pos, event))
 
     def job_done(self, _conn: sqlite3.Connection) -> None:
         self._group.extend(self._job)
@@ -148,7 +149,14 @@ class LogTap:
 
     def committed(self) -> None:
         group, self._group = self._group, []
-        self._bus.publish(group)
+        if not self._bus.listeners:
+            return
+        messages: list[tuple[int | None, dict[str, Any]]] = []
+        for pos, event in group:
+            message = message_for(event)
+            if message is not None:
+                messages.append((pos, message))
+        self._bus.publish(messages)
 
     def rolled_back(self) -> None:
         self._job, self._group = [], []

@@ -16,12 +16,14 @@ its token is the newest seen for the rack (ties by HLC).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from appliance.counting.runs import get_run
 from appliance.counting.sessions import MANAGER_ROLES, get_session
+from appliance.db import insert_rows
 from appliance.errors import Conflict, Forbidden, NotFound, Unavailable, ValidationFailed
-from appliance.eventlog import EventLog, projection_tables, projector
+from appliance.eventlog import EventLog, projection_tables, projector, run_projector
 from appliance.people import User
 from replication.codec import Event
 from replication.hlc import wall_ms
@@ -397,16 +399,23 @@ for _event_type in EVENT_STATE:
     projector(_event_type)(_rack_moved)
 
 
-@projector("scan.recorded")
-def _scan_under_lease(conn: sqlite3.Connection, event: Event) -> None:
-    p = event.payload
-    if p.get("token") is None or not p.get("rack_id"):
-        return
-    conn.execute(
-        "INSERT INTO lease_scans (session_id, rack_id, writer_id, token, code, qty) VALUES (?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT DO UPDATE SET qty = qty + excluded.qty",
-        (p["session_id"], p["rack_id"], event.writer_id, p["token"], p["code"], p["qty"]),
-    )
+@run_projector("scan.recorded")
+def _scans_under_lease(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
+    """What each lease's scans added, one upsert per (lease, code) for a run of scans."""
+    sums: dict[tuple[str, str, str, int, str], int] = {}
+    for event in events:
+        p = event.payload
+        if p.get("token") is None or not p.get("rack_id"):
+            continue
+        key = (p["session_id"], p["rack_id"], event.writer_id, p["token"], p["code"])
+        sums[key] = sums.get(key, 0) + p["qty"]
+    if sums:
+        insert_rows(
+            conn,
+            "INSERT INTO lease_scans (session_id, rack_id, writer_id, token, code, qty)",
+            [(*key, qty) for key, qty in sums.items()],
+            " ON CONFLICT DO UPDATE SET qty = qty + excluded.qty",
+        )
 
 
 # -- queries --------------------------------------------------------------------------------------

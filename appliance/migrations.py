@@ -568,6 +568,12 @@ def m006_replication(conn: sqlite3.Connection) -> None:
     )
 
 
+def m007_sku_nocase(conn: sqlite3.Connection) -> None:
+    # A code that matches no barcode is tried as a SKU ignoring case; without this index that try
+    # read the whole product master, once for every code a store scanned for the first time.
+    run_script(conn, "CREATE INDEX products_sku_nocase ON products (sku COLLATE NOCASE);")
+
+
 MIGRATIONS: list[tuple[int, Migration]] = [
     (1, m001_foundation),
     (2, m002_login_tokens),
@@ -575,6 +581,7 @@ MIGRATIONS: list[tuple[int, Migration]] = [
     (4, m004_devices),
     (5, m005_locks),
     (6, m006_replication),
+    (7, m007_sku_nocase),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -35,7 +35,8 @@ from replication.sender import Backoff
 log = logging.getLogger(__name__)
 
 PAGE_EVENTS = 2000
-PEER_BACKOFF = (0.1, 0.5)
+Outgoing = tuple[dict[str, Any], bytes, int]  # a page, its packed bytes, how many events or rows it carries
+PEER_BACKOFF = (0.05, 0.25)
 HQ_BACKOFF = (2.0, 300.0)
 
 
@@ -48,6 +49,7 @@ class Link:
     due: float = 0.0
     their: dict[str, int] = field(default_factory=dict)  # HQ: what it holds (log) or covers (counters)
     failing: bool = False
+    lock_authority: bool = False  # its last hello said it grants the store's locks
 
 
 class Replicator:
@@ -66,6 +68,8 @@ class Replicator:
 
     def _targets(self) -> dict[str, str]:
         wanted = dict.fromkeys((*self.settings.peers, *self._discovered()), "peer")
+        if self.settings.lock_authority_url:  # its grants must reach this box's floor map too
+            wanted[self.settings.lock_authority_url] = "peer"
         if self.settings.hq_url:
             wanted[self.settings.hq_url] = "hq"
         return wanted
@@ -78,17 +82,54 @@ class Replicator:
             self._links[url] = link
         return link
 
+    def peer_links(self) -> list[Link]:
+        """The links to the store's other boxes this box exchanges with now (a box mDNS lost is left out)."""
+        return [link for url, kind in self._targets().items() if kind == "peer" and (link := self._links.get(url))]
+
+    def peer_link(self, url: str) -> Link:
+        return self._link(url, "peer")
+
+    async def enrol(self, link: Link) -> None:
+        """Say hello now rather than at the link's next exchange (a claim is waiting on it)."""
+        await self._hello(link)
+
+    async def pull_now(self, link: Link) -> None:
+        """Fetch what the peer holds at once; safe beside the regular exchange, as applying a page twice
+        changes nothing."""
+        await self._pull(link)
+
     async def run(self) -> None:
+        """Follow every link in a task of its own, so that a long catch-up with one peer never holds
+        back the retry or the exchange with another; look for new and vanished targets meanwhile."""
+        followers: dict[str, tuple[Link, asyncio.Task[None]]] = {}
+        try:
+            while True:
+                targets = self._targets()
+                for url, kind in targets.items():
+                    link = self._link(url, kind)
+                    known = followers.get(url)
+                    if known is None or known[0] is not link or known[1].done():
+                        if known is not None:
+                            known[1].cancel()
+                        followers[url] = (link, asyncio.create_task(self._follow(link), name=f"replicate:{url}"))
+                for url in [url for url in followers if url not in targets]:
+                    followers.pop(url)[1].cancel()
+                self.rounds += 1
+                await asyncio.sleep(self.settings.replicate_every_s)
+        finally:
+            for _link, task in followers.values():
+                task.cancel()
+            await asyncio.gather(*(task for _link, task in followers.values()), return_exceptions=True)
+
+    async def _follow(self, link: Link) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            now = loop.time()
-            due = [self._link(url, kind) for url, kind in self._targets().items()]
-            due = [link for link in due if link.due <= now]
-            if due:
-                await asyncio.gather(*(self._exchange(link) for link in due))
-            self.rounds += 1
-            upcoming = [link.due for link in self._links.values()] or [now + self.settings.replicate_every_s]
-            await asyncio.sleep(max(0.02, min(min(upcoming) - loop.time(), self.settings.replicate_every_s)))
+            await asyncio.sleep(max(0.0, link.due - loop.time()))
+            try:
+                await self._exchange(link)
+            except Exception:  # a bug or a full disk: say so, and try again later rather than stop for good
+                log.exception("replication with %s failed unexpectedly", link.url, extra={"peer": link.url})
+                link.due = loop.time() + link.backoff.next_delay()
 
     async def _exchange(self, link: Link) -> None:
         loop = asyncio.get_running_loop()
@@ -131,58 +172,93 @@ class Replicator:
             raise PeerError("WRONG_ROLE", f"{link.url} is a {answer.get('role')}, not a {expected}", retryable=False)
         store_id = self.me.store_id
         await self.box.db.awrite(lambda conn: replicas.enrol_peer(conn, node_id, store_id, expected, key, link.url))
+        link.lock_authority = link.kind == "peer" and answer.get("lock_authority") is True
         if link.kind == "hq":
             link.their = dict(answer["covered"] if self.settings.hq_mode == counters.MODE else answer["vector"])
-        log.info("enrolled with %s", link.url, extra={"peer": link.url, "node_id": node_id, "role": expected})
+        log.info(
+            "enrolled with %s",
+            link.url,
+            extra={"peer": link.url, "node_id": node_id, "role": expected, "lock_authority": link.lock_authority},
+        )
 
     async def _pull(self, link: Link) -> None:
+        """Fetch pages until the peer has nothing more. The next page is asked for while this one is
+        applied (the vector it is asked with is the one this page will leave), so the peer builds and
+        sends while this box writes; a page that fails to apply cancels the one in flight."""
         node_id = link.client.node_id
         store_id = self.me.store_id
-        while True:
-            vector = await asyncio.to_thread(lambda: version_vector(self.box.db.read()))
-            page, nbytes = await link.client.pull(vector, PAGE_EVENTS)
+        vector = await asyncio.to_thread(lambda: version_vector(self.box.db.read()))
+        fetch = asyncio.ensure_future(link.client.pull(vector, PAGE_EVENTS))
+        try:
+            while True:
+                page, nbytes = await fetch
+                more = bool(page.get("more"))
+                if more:
+                    vector = _after(vector, page)
+                    fetch = asyncio.ensure_future(link.client.pull(vector, PAGE_EVENTS))
 
-            def apply(conn: Any, page: dict[str, Any] = page, nbytes: int = nbytes) -> int:
-                return replicas.apply_page(conn, self.box.log, store_id, page, node_id, nbytes)
+                def apply(conn: Any, page: dict[str, Any] = page, nbytes: int = nbytes) -> int:
+                    return replicas.apply_page(conn, self.box.log, store_id, page, node_id, nbytes)
 
-            try:
-                applied = await self.box.db.awrite(apply)
-            except Exception as exc:  # a page we cannot apply is a person's problem, not a retry loop's
-                code = getattr(exc, "code", type(exc).__name__)
-                raise PeerError(code, f"page from {link.url} refused: {exc}", retryable=False) from exc
-            if applied:
-                log.debug("pulled %d events from %s", applied, link.url)
-            if not page.get("more"):
-                return
+                try:
+                    applied = await self.box.db.awrite(apply)
+                except Exception as exc:  # a page we cannot apply is a person's problem, not a retry loop's
+                    code = getattr(exc, "code", type(exc).__name__)
+                    raise PeerError(code, f"page from {link.url} refused: {exc}", retryable=False) from exc
+                if applied:
+                    log.debug("pulled %d events from %s", applied, link.url)
+                if not more:
+                    return
+        finally:
+            if not fetch.done():
+                fetch.cancel()
+                with contextlib.suppress(asyncio.CancelledError, PeerError):
+                    await fetch
 
     async def _push(self, link: Link) -> None:
+        """Send HQ what it lacks, page after page. While one page is on its way and being applied at
+        HQ, the next is read and packed here (from the vector HQ will hold once the first is in)."""
         node_id = link.client.node_id
         assert node_id is not None
         counter_mode = self.settings.hq_mode == counters.MODE
-        while True:
-            page, sent = await asyncio.to_thread(self._outgoing, link.their, counter_mode)
-            if page is None:
-                return
-            packed = protocol.pack_page(page)
-            answer = await link.client.push(packed)
+        outgoing = await asyncio.to_thread(self._outgoing, link.their, counter_mode)
+        while outgoing is not None:
+            page, packed, sent = outgoing
+            upcoming: asyncio.Future[Outgoing | None] | None = None
+            if not counter_mode and page.get("more"):
+                upcoming = asyncio.ensure_future(asyncio.to_thread(self._outgoing, _after(link.their, page), False))
+            try:
+                answer = await link.client.push(packed)
+            except BaseException:
+                if upcoming is not None:
+                    upcoming.cancel()
+                raise
             link.their = dict(answer["covered"] if counter_mode else answer["vector"])
-            noted = partial(
-                replicas.note_exchange, node_id=node_id, their_vector=link.their, events_out=sent, bytes_out=len(packed)
+            # Status bookkeeping only: committed with the next write, never waited for.
+            self.box.db.submit(
+                partial(
+                    replicas.note_exchange,
+                    node_id=node_id,
+                    their_vector=link.their,
+                    events_out=sent,
+                    bytes_out=len(packed),
+                )
             )
-            await self.box.db.awrite(noted)
-            if counter_mode or not page.get("more"):
-                return
+            # An answer vector beyond the one assumed only means the next page may carry events HQ
+            # already holds from another box; HQ skips those.
+            outgoing = None if upcoming is None else await upcoming
 
-    def _outgoing(self, their: dict[str, int], counter_mode: bool) -> tuple[dict[str, Any] | None, int]:
-        """The next page HQ lacks (and how many events or rows it carries), or None when it has all."""
+    def _outgoing(self, their: dict[str, int], counter_mode: bool) -> Outgoing | None:
+        """The next page HQ lacks, packed, and how many events or rows it carries; None when it has all."""
         conn, store_id = self.box.db.read(), self.me.store_id
         if counter_mode:
             page = counters.export(conn, store_id, their)
             if page["vector"] == their:
-                return None, 0
-            return page, sum(len(page[k]) for k in ("scan_counts", "damage_counts", "item_attrs", "sessions"))
+                return None
+            sent = sum(len(page[k]) for k in ("scan_counts", "damage_counts", "item_attrs", "sessions"))
+            return page, protocol.pack_page(page), sent
         page = replicas.delta(conn, store_id, their, PAGE_EVENTS)
-        return (page, len(page["events"])) if page["events"] else (None, 0)
+        return (page, protocol.pack_page(page), len(page["events"])) if page["events"] else None
 
 
 @asynccontextmanager
@@ -190,7 +266,9 @@ async def replication_lifespan(app: Litestar) -> AsyncIterator[None]:
     """Run the exchanges while the server runs; HQ and a box with nobody to talk to run none."""
     box: Box = app.state.box
     settings = box.settings
-    if box.node.role == "hq" or not (settings.peers or settings.hq_url or getattr(settings, "mdns", False)):
+    if box.node.role == "hq" or not (
+        settings.peers or settings.hq_url or settings.lock_authority_url or getattr(settings, "mdns", False)
+    ):
         yield
         return
 
@@ -208,3 +286,14 @@ async def replication_lifespan(app: Litestar) -> AsyncIterator[None]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _after(vector: dict[str, int], page: dict[str, Any]) -> dict[str, int]:
+    """The vector this replica will hold once ``page`` is applied (its events continue each writer's
+    stream, or the page is refused whole)."""
+    ahead = dict(vector)
+    for row in page.get("events") or []:
+        writer, seq = row[0], row[1]
+        if seq > ahead.get(writer, 0):
+            ahead[writer] = seq
+    return ahead

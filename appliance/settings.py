@@ -153,6 +153,8 @@ class Settings:
     lease_ttl_s: int = 60
     lease_renew_s: int = 20
     lock_authority: bool = True
+    lock_authority_url: str = ""
+    lock_forward_timeout_s: float = 3.0
     max_request_bytes: int = 8 * 1024 * 1024
     login_attempts_per_minute: int = 10
     password_memory_kib: int = 19_456
@@ -189,6 +191,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "lease_ttl_s": _int(2, 3600),
     "lease_renew_s": _int(1, 3600),
     "lock_authority": _bool,
+    "lock_authority_url": _url(allow_empty=True),
+    "lock_forward_timeout_s": _seconds(0.2, 60.0),
     "max_request_bytes": _int(1024, 1024 * 1024 * 1024),
     "login_attempts_per_minute": _int(1, 10_000),
     "password_memory_kib": _int(8, 4 * 1024 * 1024),
@@ -217,6 +221,9 @@ HELP: dict[str, str] = {
     "lease_ttl_s": "seconds a rack lease lasts without a heartbeat",
     "lease_renew_s": "seconds between the heartbeats that renew a lease",
     "lock_authority": "whether this box grants rack and session locks for the store",
+    "lock_authority_url": "the lock authority box's URL, for a box that forwards claims to it"
+    " (empty: the peer box that says it is the authority)",
+    "lock_forward_timeout_s": "seconds a forwarded claim waits for the lock authority before failing",
     "max_request_bytes": "largest request body accepted",
     "login_attempts_per_minute": "login attempts allowed per address and user each minute",
     "password_memory_kib": "memory (KiB) the password hash uses; higher is safer and slower",
@@ -287,5 +294,10 @@ def load_settings(
         raise SettingsError(
             f"setting 'lease_renew_s' ({settings.lease_renew_s}) must be below 'lease_ttl_s' "
             f"({settings.lease_ttl_s}) or leases lapse between heartbeats"
+        )
+    if settings.lock_authority and settings.lock_authority_url:
+        raise SettingsError(
+            "setting 'lock_authority_url' names another box as the lock authority, but 'lock_authority' is"
+            " true here too: set lock_authority = false on a box that forwards its claims"
         )
     return settings

@@ -49,11 +49,19 @@ class PeerClient:
         self.node_id: str | None = None
         self.public_key: bytes | None = None
 
-    async def _call(self, path: str, body: bytes, content_type: str, *, answer_key: bytes | None) -> bytes:
+    async def _call(
+        self,
+        path: str,
+        body: bytes,
+        content_type: str,
+        *,
+        answer_key: bytes | None,
+        timeout: aiohttp.ClientTimeout = TIMEOUT,
+    ) -> bytes:
         headers = protocol.signed_headers(self.me.key, self.me.node_id, "POST", path, body, wall_ms())
         headers["Content-Type"] = content_type
         try:
-            async with self.http.post(self.url + path, data=body, headers=headers, timeout=TIMEOUT) as response:
+            async with self.http.post(self.url + path, data=body, headers=headers, timeout=timeout) as response:
                 payload = await response.read()
                 if response.status >= 400:
                     raise _refusal(response.status, payload)
@@ -126,6 +134,20 @@ class PeerClient:
     async def push(self, packed_page: bytes) -> dict[str, Any]:
         payload = await self._call("/api/replication/push", packed_page, protocol.MEDIA_TYPE, answer_key=None)
         answer: dict[str, Any] = msgpack.unpackb(payload, raw=False)
+        return answer
+
+    async def locks(self, body: bytes, timeout: aiohttp.ClientTimeout) -> dict[str, Any]:
+        """A lock operation forwarded to the store's lock authority. A person waits on the answer, so
+        the caller passes a timeout far shorter than a page transfer's."""
+        payload = await self._call(
+            "/api/replication/locks", body, "application/msgpack", answer_key=None, timeout=timeout
+        )
+        try:
+            answer = msgpack.unpackb(payload, raw=False)
+        except ValueError as exc:
+            raise PeerError("BAD_ANSWER", f"{self.url} answered a lock operation with {exc}", retryable=False) from None
+        if not isinstance(answer, dict):
+            raise PeerError("BAD_ANSWER", f"{self.url} answered a lock operation with no map", retryable=False)
         return answer
 
 

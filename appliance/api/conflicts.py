@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from litestar import get, post
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import JSONBody
 
 from appliance.box import Box
 from appliance.counting import conflicts, items
@@ -79,7 +80,7 @@ def _sessions(conflict: dict[str, Any]) -> list[str]:
     sync_to_thread=True,
     status_code=200,
 )
-def resolve(conflict_id: str, data: Resolution, box: Box, user: User) -> dict[str, Any]:
+def resolve(conflict_id: str, data: JSONBody[Resolution], box: Box, user: User) -> dict[str, Any]:
     return box.db.write(
         lambda conn: conflicts.resolve(
             conn, box.log, user, conflict_id, action=data.action, reason=data.reason, edits=data.edits
@@ -88,7 +89,7 @@ def resolve(conflict_id: str, data: Resolution, box: Box, user: User) -> dict[st
 
 
 @post("/api/codes/map", opt={"permission": "codes.map"}, sync_to_thread=True, status_code=201)
-def map_code(data: CodeMapping, box: Box, user: User) -> dict[str, Any]:
+def map_code(data: JSONBody[CodeMapping], box: Box, user: User) -> dict[str, Any]:
     return box.db.write(lambda conn: items.map_code(conn, box.log, user, data.code, data.sku))
 
 

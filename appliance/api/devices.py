@@ -11,6 +11,7 @@ import segno
 from litestar import Request, Response, get, patch, post
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import JSONBody
 
 from appliance import devices
 from appliance.box import Box
@@ -68,7 +69,7 @@ def pairing_qr(box: Box, request: Request[Any, Any, State], code: str) -> Respon
 
 
 @post("/api/devices/pair", opt={"public": True}, sync_to_thread=True, status_code=201)
-def pair(data: PairRequest, box: Box, request: Request[Any, Any, State]) -> dict[str, Any]:
+def pair(data: JSONBody[PairRequest], box: Box, request: Request[Any, Any, State]) -> dict[str, Any]:
     throttle: LoginThrottle = request.app.state.login_throttle
     throttle.check(request.client.host if request.client else "?", "device pairing")
     try:
@@ -95,13 +96,13 @@ def list_devices(box: Box) -> list[dict[str, Any]]:
 
 
 @patch("/api/devices/{writer_id:str}", opt={"permission": "devices.manage"}, sync_to_thread=True)
-def rename(writer_id: str, data: Rename, box: Box, user: User) -> dict[str, Any]:
+def rename(writer_id: str, data: JSONBody[Rename], box: Box, user: User) -> dict[str, Any]:
     box.db.write(lambda conn: devices.rename(conn, box.log, user, writer_id, data.name))
     return {"writer_id": writer_id, "name": data.name.strip()}
 
 
 @post("/api/devices/{writer_id:str}/revoke", opt={"permission": "devices.manage"}, sync_to_thread=True, status_code=200)
-def revoke(writer_id: str, data: Revoke, box: Box, user: User) -> dict[str, Any]:
+def revoke(writer_id: str, data: JSONBody[Revoke], box: Box, user: User) -> dict[str, Any]:
     box.db.write(lambda conn: devices.revoke(conn, box.log, user, writer_id, data.reason))
     return {"writer_id": writer_id, "status": "revoked", "quarantine": devices.quarantine(box.db.read())}
 
@@ -112,7 +113,7 @@ def quarantine(box: Box) -> list[dict[str, Any]]:
 
 
 @post("/api/quarantine/decide", opt={"permission": "devices.manage"}, sync_to_thread=True, status_code=200)
-def decide(data: QuarantineDecision, box: Box, user: User) -> list[dict[str, Any]]:
+def decide(data: JSONBody[QuarantineDecision], box: Box, user: User) -> list[dict[str, Any]]:
     box.db.write(
         lambda conn: devices.decide_quarantine(
             conn,

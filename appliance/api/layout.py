@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 from litestar import get, post
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import JSONBody
 
 from appliance import layout
 from appliance.box import Box
@@ -36,7 +37,7 @@ def floors(box: Box) -> list[dict[str, Any]]:
 
 
 @post("/api/floors", opt={"permission": "layout.write"}, sync_to_thread=True, status_code=201)
-def add_floor(data: NewFloor, box: Box) -> dict[str, Any]:
+def add_floor(data: JSONBody[NewFloor], box: Box) -> dict[str, Any]:
     return box.db.write(lambda conn: layout.add_floor(conn, box.log, data.code, data.name, data.position))
 
 
@@ -46,7 +47,7 @@ def racks(box: Box, floor: str | None = None) -> list[dict[str, Any]]:
 
 
 @post("/api/racks", opt={"permission": "layout.write"}, sync_to_thread=True, status_code=201)
-def add_rack(data: NewRack, box: Box) -> dict[str, Any]:
+def add_rack(data: JSONBody[NewRack], box: Box) -> dict[str, Any]:
     return box.db.write(lambda conn: layout.add_rack(conn, box.log, data.floor, data.code, data.name))
 
 

@@ -1,16 +1,22 @@
-"""Rack claims and moves, session locks, and the rack board of a run."""
+"""Rack claims and moves, session locks, and the rack board of a run.
+
+Claims, the holder's moves and session locks are granted by the store's lock authority: at any other
+box they are forwarded to it (``appliance.lock_forwarding``) and its answer is handed on unchanged."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import msgspec
-from litestar import delete, get, post
+from litestar import Request, delete, get, post
+from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import JSONBody
 
-from appliance import locks
+from appliance import lock_forwarding, locks
 from appliance.box import Box
 from appliance.counting import conflicts
+from appliance.lock_forwarding import LockOp
 from appliance.people import User
 from appliance.permissions import allowed
 
@@ -45,44 +51,23 @@ def rack_board(box: Box, user: User, run_id: str) -> list[dict[str, Any]]:
 
 
 @post("/api/runs/{run_id:str}/racks/{rack:str}/claim", opt={"permission": "sessions.count"}, status_code=201)
-async def claim(run_id: str, rack: str, data: Claim, box: Box, user: User) -> dict[str, Any]:
+async def claim(
+    request: Request[Any, Any, State], run_id: str, rack: str, data: JSONBody[Claim], box: Box, user: User
+) -> dict[str, Any]:
     """Exactly one claimant wins; the others get RACK_CLAIMED naming the holder. Async: the claim is
-    one write job, awaited without holding a worker thread, which keeps claim latency low."""
-    return await box.db.awrite(
-        lambda conn: locks.claim_rack(
-            conn,
-            box.log,
-            user,
-            run_id=run_id,
-            rack_code=rack,
-            session_id=data.session_id,
-            device_id=data.device_id,
-            ttl_ms=_ttl_ms(box),
-            authority=box.settings.lock_authority,
-        )
-    )
+    one write job (or, at a box that is not the lock authority, one request to it), awaited without
+    holding a worker thread, which keeps claim latency low."""
+    op = LockOp("claim", user.user_id, run_id=run_id, rack=rack, session_id=data.session_id, device_id=data.device_id)
+    return await lock_forwarding.perform(request.app, box, user, op)
 
 
-@post(
-    "/api/runs/{run_id:str}/racks/{rack:str}/{action:str}",
-    opt={"permission": "sessions.count"},
-    sync_to_thread=True,
-    status_code=200,
-)
-def move(run_id: str, rack: str, action: str, box: Box, user: User) -> dict[str, Any]:
+@post("/api/runs/{run_id:str}/racks/{rack:str}/{action:str}", opt={"permission": "sessions.count"}, status_code=200)
+async def move(
+    request: Request[Any, Any, State], run_id: str, rack: str, action: str, box: Box, user: User
+) -> dict[str, Any]:
     """The holder's moves: start, pause, resume, finish, release."""
-    return box.db.write(
-        lambda conn: locks.move_rack(
-            conn,
-            box.log,
-            user,
-            run_id=run_id,
-            rack_code=rack,
-            action=action,
-            ttl_ms=_ttl_ms(box),
-            authority=box.settings.lock_authority,
-        )
-    )
+    op = LockOp("move", user.user_id, run_id=run_id, rack=rack, action=action)
+    return await lock_forwarding.perform(request.app, box, user, op)
 
 
 @post(
@@ -91,7 +76,7 @@ def move(run_id: str, rack: str, action: str, box: Box, user: User) -> dict[str,
     sync_to_thread=True,
     status_code=200,
 )
-def force_release(run_id: str, rack: str, data: Reason, box: Box, user: User) -> dict[str, Any]:
+def force_release(run_id: str, rack: str, data: JSONBody[Reason], box: Box, user: User) -> dict[str, Any]:
     return box.db.write(
         lambda conn: locks.supervise_rack(
             conn, box.log, user, run_id=run_id, rack_code=rack, action="force_release", reason=data.reason
@@ -105,7 +90,7 @@ def force_release(run_id: str, rack: str, data: Reason, box: Box, user: User) ->
     sync_to_thread=True,
     status_code=200,
 )
-def reverify(run_id: str, rack: str, data: Reason, box: Box, user: User) -> dict[str, Any]:
+def reverify(run_id: str, rack: str, data: JSONBody[Reason], box: Box, user: User) -> dict[str, Any]:
     return box.db.write(
         lambda conn: locks.supervise_rack(
             conn, box.log, user, run_id=run_id, rack_code=rack, action="reverify", reason=data.reason
@@ -113,10 +98,11 @@ def reverify(run_id: str, rack: str, data: Reason, box: Box, user: User) -> dict
     )
 
 
-@post("/api/leases/renew", opt={"permission": "sessions.count"}, sync_to_thread=True, status_code=200)
-def renew(box: Box, user: User) -> dict[str, Any]:
+@post("/api/leases/renew", opt={"permission": "sessions.count"}, status_code=200)
+async def renew(request: Request[Any, Any, State], box: Box, user: User) -> dict[str, Any]:
     """The browser handheld's heartbeat (paired devices renew through /api/sync/heartbeat)."""
-    renewed = box.db.write(lambda conn: locks.renew(conn, ttl_ms=_ttl_ms(box), user_id=user.user_id))
+    renewed = await box.db.awrite(lambda conn: locks.renew(conn, ttl_ms=_ttl_ms(box), user_id=user.user_id))
+    lock_forwarding.renew_at_authority(request.app, user_id=user.user_id)
     return {"renewed": renewed, "lease_renew_s": box.settings.lease_renew_s}
 
 
@@ -130,43 +116,28 @@ async def get_lock(box: Box, session_id: str) -> dict[str, Any]:
 @post(
     "/api/sessions/{session_id:str}/lock",
     opt={"permission": "sessions.count"},
-    sync_to_thread=True,
     status_code=200,
     operation_id="LockSession",
 )
-def lock(session_id: str, data: SessionLock, box: Box, user: User) -> dict[str, Any]:
-    return box.db.write(
-        lambda conn: locks.lock_session(
-            conn,
-            box.log,
-            user,
-            session_id=session_id,
-            device_id=data.device_id,
-            ttl_ms=_ttl_ms(box),
-            authority=box.settings.lock_authority,
-        )
-    )
+async def lock(
+    request: Request[Any, Any, State], session_id: str, data: JSONBody[SessionLock], box: Box, user: User
+) -> dict[str, Any]:
+    op = LockOp("lock_session", user.user_id, session_id=session_id, device_id=data.device_id)
+    return await lock_forwarding.perform(request.app, box, user, op)
 
 
-@delete(
-    "/api/sessions/{session_id:str}/lock", opt={"permission": "sessions.count"}, sync_to_thread=True, status_code=200
-)
-def release(session_id: str, box: Box, user: User) -> dict[str, Any]:
-    box.db.write(lambda conn: locks.release_session(conn, box.log, user, session_id=session_id))
-    return {"session_id": session_id, "lock": None}
+@delete("/api/sessions/{session_id:str}/lock", opt={"permission": "sessions.count"}, status_code=200)
+async def release(request: Request[Any, Any, State], session_id: str, box: Box, user: User) -> dict[str, Any]:
+    op = LockOp("release_session", user.user_id, session_id=session_id)
+    return await lock_forwarding.perform(request.app, box, user, op)
 
 
-@post(
-    "/api/sessions/{session_id:str}/lock/force-release",
-    opt={"permission": "sessions.manage"},
-    sync_to_thread=True,
-    status_code=200,
-)
-def force_release_lock(session_id: str, data: Reason, box: Box, user: User) -> dict[str, Any]:
-    box.db.write(
-        lambda conn: locks.release_session(conn, box.log, user, session_id=session_id, reason=data.reason, force=True)
-    )
-    return {"session_id": session_id, "lock": None}
+@post("/api/sessions/{session_id:str}/lock/force-release", opt={"permission": "sessions.manage"}, status_code=200)
+async def force_release_lock(
+    request: Request[Any, Any, State], session_id: str, data: JSONBody[Reason], box: Box, user: User
+) -> dict[str, Any]:
+    op = LockOp("release_session", user.user_id, session_id=session_id, reason=data.reason, force=True)
+    return await lock_forwarding.perform(request.app, box, user, op)
 
 
 ROUTES: list[HTTPRouteHandler] = [

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from litestar import Response, get, post
 from litestar.handlers import HTTPRouteHandler
-from litestar.params import Parameter
+from litestar.params import Parameter, RawBody
 
 from appliance import products
 from appliance.box import Box
@@ -24,7 +24,7 @@ def _sees_expected(user: User) -> bool:
 
 
 @post("/api/products/import", opt={"permission": "products.import"}, sync_to_thread=True, status_code=201)
-def import_products(body: bytes, box: Box, filename: str = "", dry_run: bool = False) -> Response[dict[str, Any]]:
+def import_products(body: RawBody, box: Box, filename: str = "", dry_run: bool = False) -> Response[dict[str, Any]]:
     """The request body is the CSV or XLSX file itself; ``filename`` only helps tell which it is.
 
     A dry run answers 200 with the preview even when the file has errors (showing them is its job);

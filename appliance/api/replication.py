@@ -16,7 +16,7 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 
-from appliance import counters, replicas
+from appliance import counters, lock_forwarding, replicas
 from appliance.box import Box
 from appliance.errors import BadRequest, Forbidden, Unauthenticated
 from appliance.eventlog import version_vector
@@ -112,6 +112,8 @@ async def hello(request: Request[Any, Any, State], box: Box) -> Response[bytes]:
         "vector": version_vector(conn),
         "covered": counters.covered(conn),
         "api": protocol.API_VERSION,
+        # Which box grants the store's locks: its peers forward their claims to it.
+        "lock_authority": hub is None and settings.lock_authority,
     }
     return _signed(box, request, msgpack.packb(answer, use_bin_type=True), MSGPACK)
 
@@ -125,10 +127,16 @@ async def pull(request: Request[Any, Any, State], box: Box) -> Response[bytes]:
     theirs = {str(k): int(v) for k, v in (data.get("vector") or {}).items()}
     limit = max(1, min(int(data.get("limit") or DEFAULT_PAGE), protocol.MAX_PAGE_EVENTS))
     store_id = target.node.store_id
-    page = await asyncio.to_thread(lambda: replicas.delta(target.db.read(), store_id, theirs, limit))
-    packed = protocol.pack_page(page)
+
+    def build() -> tuple[dict[str, Any], bytes]:
+        page = replicas.delta(target.db.read(), store_id, theirs, limit)
+        return page, protocol.pack_page(page)
+
+    page, packed = await asyncio.to_thread(build)
     if page["events"] or replicas.vector_of(row["their_vector"]) != theirs:
-        await target.db.awrite(
+        # Bookkeeping for the status page only: written along with the next commit, not waited for,
+        # so a page is never held back by a write that does not change what it carries.
+        target.db.submit(
             lambda conn: replicas.note_exchange(
                 conn, row["node_id"], their_vector=theirs, events_out=len(page["events"]), bytes_out=len(packed)
             )
@@ -164,6 +172,16 @@ async def push(request: Request[Any, Any, State], box: Box) -> Response[bytes]:
     return _signed(box, request, msgpack.packb(answer, use_bin_type=True), MSGPACK)
 
 
+@post("/api/replication/locks", opt={"node": True}, status_code=200)
+async def forwarded_lock(request: Request[Any, Any, State], box: Box) -> Response[bytes]:
+    """A claim, rack move, session lock or lease renewal another box of the store forwards for one of
+    its people; answered with the result or the refusal a person at this box would get."""
+    body = await request.body()
+    row, _ = await _caller(request, box, body)
+    answer = await lock_forwarding.answer(box, row, body)
+    return _signed(box, request, msgpack.packb(answer, use_bin_type=True), MSGPACK)
+
+
 @get("/api/replication/status", opt={"permission": "replication.read"}, sync_to_thread=True)
 def replication_status(request: Request[Any, Any, State], box: Box) -> dict[str, Any]:
     """Every peer (and at HQ every store): lag, pending events, last success, bytes."""
@@ -195,4 +213,4 @@ def replication_status(request: Request[Any, Any, State], box: Box) -> dict[str,
     return out
 
 
-ROUTES: list[HTTPRouteHandler] = [hello, pull, push, replication_status]
+ROUTES: list[HTTPRouteHandler] = [hello, pull, push, forwarded_lock, replication_status]

@@ -8,7 +8,7 @@ import msgspec
 from litestar import Request, get, patch, post, put
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
-from litestar.params import Parameter
+from litestar.params import JSONBody, Parameter
 
 from appliance.api.deps import user_id_for
 from appliance.box import Box
@@ -81,7 +81,7 @@ def list_runs(box: Box) -> list[dict[str, Any]]:
 
 
 @post("/api/runs", opt={"permission": "runs.manage"}, sync_to_thread=True, status_code=201)
-def create_run(data: NewRun, box: Box, user: User) -> dict[str, Any]:
+def create_run(data: JSONBody[NewRun], box: Box, user: User) -> dict[str, Any]:
     run_id = box.db.write(
         lambda conn: runs.create_run(
             conn, box.log, user, name=data.name, kind=data.kind, notes=data.notes, planned_start=data.planned_start
@@ -96,7 +96,7 @@ def get_run(box: Box, run_id: str) -> dict[str, Any]:
 
 
 @patch("/api/runs/{run_id:str}", opt={"permission": "runs.manage"}, sync_to_thread=True)
-def edit_run(run_id: str, data: RunEdit, box: Box, user: User) -> dict[str, Any]:
+def edit_run(run_id: str, data: JSONBody[RunEdit], box: Box, user: User) -> dict[str, Any]:
     box.db.write(
         lambda conn: runs.edit_run(
             conn, box.log, user, run_id, name=data.name, notes=data.notes, planned_start=data.planned_start
@@ -106,7 +106,7 @@ def edit_run(run_id: str, data: RunEdit, box: Box, user: User) -> dict[str, Any]
 
 
 @post("/api/runs/{run_id:str}/scope", opt={"permission": "runs.manage"}, sync_to_thread=True, status_code=200)
-def add_scope(run_id: str, data: Scope, box: Box, user: User) -> dict[str, Any]:
+def add_scope(run_id: str, data: JSONBody[Scope], box: Box, user: User) -> dict[str, Any]:
     return box.db.write(lambda conn: runs.add_scope(conn, box.log, user, run_id, skus=data.skus, rack_codes=data.racks))
 
 
@@ -124,7 +124,7 @@ def start_run(run_id: str, box: Box, user: User) -> dict[str, Any]:
 
 
 @post("/api/runs/{run_id:str}/complete", opt={"permission": "runs.manage"}, sync_to_thread=True, status_code=200)
-def complete_run(run_id: str, box: Box, user: User, data: Transition | None = None) -> dict[str, Any]:
+def complete_run(run_id: str, box: Box, user: User, data: JSONBody[Transition | None] = None) -> dict[str, Any]:
     body = data or Transition()
     box.db.write(lambda conn: runs.complete_run(conn, box.log, user, run_id, force=body.force, reason=body.reason))
     return run_view(box, run_id)
@@ -137,13 +137,13 @@ def close_run(run_id: str, box: Box, user: User) -> dict[str, Any]:
 
 
 @post("/api/runs/{run_id:str}/cancel", opt={"permission": "runs.manage"}, sync_to_thread=True, status_code=200)
-def cancel_run(run_id: str, data: Transition, box: Box, user: User) -> dict[str, Any]:
+def cancel_run(run_id: str, data: JSONBody[Transition], box: Box, user: User) -> dict[str, Any]:
     box.db.write(lambda conn: runs.cancel_run(conn, box.log, user, run_id, reason=data.reason))
     return run_view(box, run_id)
 
 
 @post("/api/runs/{run_id:str}/sessions", opt={"permission": "sessions.manage"}, sync_to_thread=True, status_code=201)
-def create_session(run_id: str, data: NewSession, box: Box, user: User) -> dict[str, Any]:
+def create_session(run_id: str, data: JSONBody[NewSession], box: Box, user: User) -> dict[str, Any]:
     def job(conn: Any) -> str:
         verifier_id = user_id_for(conn, data.verifier) if data.verifier else None
         return sessions.create_session(
@@ -184,7 +184,7 @@ def variance_lines(box: Box, run_id: str, out_of_tolerance: bool = False) -> lis
 
 
 @post("/api/runs/{run_id:str}/recounts", opt={"permission": "runs.manage"}, sync_to_thread=True, status_code=201)
-def order_recount(run_id: str, data: Recount, box: Box, user: User) -> dict[str, Any]:
+def order_recount(run_id: str, data: JSONBody[Recount], box: Box, user: User) -> dict[str, Any]:
     def job(conn: Any) -> str:
         return variance.order_recount(
             conn,
@@ -202,7 +202,7 @@ def order_recount(run_id: str, data: Recount, box: Box, user: User) -> dict[str,
 
 
 @post("/api/runs/{run_id:str}/decisions", opt={"permission": "runs.manage"}, sync_to_thread=True, status_code=201)
-def decide(run_id: str, data: Decision, box: Box, user: User) -> dict[str, Any]:
+def decide(run_id: str, data: JSONBody[Decision], box: Box, user: User) -> dict[str, Any]:
     return box.db.write(
         lambda conn: variance.decide(
             conn,
@@ -224,7 +224,7 @@ def list_tolerances(box: Box) -> list[dict[str, Any]]:
 
 
 @put("/api/tolerances", opt={"permission": "tolerances.write"}, sync_to_thread=True)
-def set_tolerance(data: Tolerance, box: Box, user: User) -> dict[str, Any]:
+def set_tolerance(data: JSONBody[Tolerance], box: Box, user: User) -> dict[str, Any]:
     return box.db.write(
         lambda conn: variance.set_tolerance(
             conn, box.log, user, scope=data.scope, code=data.code, units=data.units, pct_bp=data.pct_bp

@@ -8,6 +8,7 @@ import msgspec
 from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import JSONBody
 
 from appliance.api.deps import bearer_token
 from appliance.box import Box
@@ -22,7 +23,7 @@ class LoginForm(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @post("/api/auth/login", opt={"public": True}, sync_to_thread=True, status_code=200)
-def login(data: LoginForm, box: Box, request: Request[Any, Any, State]) -> dict[str, Any]:
+def login(data: JSONBody[LoginForm], box: Box, request: Request[Any, Any, State]) -> dict[str, Any]:
     throttle: LoginThrottle = request.app.state.login_throttle
     passwords: Passwords = request.app.state.passwords
     throttle.check(request.client.host if request.client else "?", data.username)

@@ -13,6 +13,7 @@ import msgspec
 from litestar import Request, Response, delete, get, post, put
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import JSONBody
 
 from appliance.api.deps import user_id_for
 from appliance.box import Box
@@ -81,7 +82,7 @@ def get_session(box: Box, user: User, session_id: str) -> dict[str, Any]:
 @post(
     "/api/sessions/{session_id:str}/assign", opt={"permission": "sessions.manage"}, sync_to_thread=True, status_code=200
 )
-def assign(session_id: str, data: Assign, box: Box, user: User) -> dict[str, Any]:
+def assign(session_id: str, data: JSONBody[Assign], box: Box, user: User) -> dict[str, Any]:
     box.db.write(
         lambda conn: sessions.assign_session(
             conn, box.log, user, session_id, verifier_id=user_id_for(conn, data.verifier), device_id=data.device_id
@@ -123,7 +124,7 @@ def approve(session_id: str, box: Box, user: User) -> dict[str, Any]:
     sync_to_thread=True,
     status_code=200,
 )
-def send_back(session_id: str, data: Reason, box: Box, user: User) -> dict[str, Any]:
+def send_back(session_id: str, data: JSONBody[Reason], box: Box, user: User) -> dict[str, Any]:
     box.db.write(lambda conn: sessions.send_back_session(conn, box.log, user, session_id, reason=data.reason))
     return session_view(box, session_id)
 
@@ -131,7 +132,7 @@ def send_back(session_id: str, data: Reason, box: Box, user: User) -> dict[str, 
 @post(
     "/api/sessions/{session_id:str}/void", opt={"permission": "sessions.manage"}, sync_to_thread=True, status_code=200
 )
-def void(session_id: str, data: Reason, box: Box, user: User) -> dict[str, Any]:
+def void(session_id: str, data: JSONBody[Reason], box: Box, user: User) -> dict[str, Any]:
     box.db.write(lambda conn: sessions.void_session(conn, box.log, user, session_id, reason=data.reason))
     return session_view(box, session_id)
 
@@ -139,7 +140,7 @@ def void(session_id: str, data: Reason, box: Box, user: User) -> dict[str, Any]:
 @post(
     "/api/sessions/{session_id:str}/scans", opt={"permission": "sessions.count"}, sync_to_thread=True, status_code=201
 )
-def scan(session_id: str, data: Scan, box: Box, user: User) -> dict[str, Any]:
+def scan(session_id: str, data: JSONBody[Scan], box: Box, user: User) -> dict[str, Any]:
     """The scan path: one event, one commit, and a small answer (the item's new quantity)."""
     event = box.db.write(
         lambda conn: items.record_scan(
@@ -176,7 +177,7 @@ def undo(session_id: str, event_id: str, box: Box, user: User) -> dict[str, Any]
 
 
 @put("/api/sessions/{session_id:str}/items/{product_id:str}", opt={"permission": "sessions.count"}, sync_to_thread=True)
-def edit_item(session_id: str, product_id: str, data: ItemEdit, box: Box, user: User) -> dict[str, Any]:
+def edit_item(session_id: str, product_id: str, data: JSONBody[ItemEdit], box: Box, user: User) -> dict[str, Any]:
     def job(conn: Any) -> None:
         if data.qty is not None:
             items.set_quantity(conn, box.log, user, session_id, product_id, data.qty)
@@ -202,7 +203,7 @@ def _item(box: Box, session_id: str, product_id: str) -> dict[str, Any]:
     sync_to_thread=True,
     status_code=201,
 )
-def add_serial(session_id: str, product_id: str, data: Serial, box: Box, user: User) -> dict[str, Any]:
+def add_serial(session_id: str, product_id: str, data: JSONBody[Serial], box: Box, user: User) -> dict[str, Any]:
     box.db.write(lambda conn: items.add_serial(conn, box.log, user, session_id, product_id, data.serial))
     return _item(box, session_id, product_id)
 

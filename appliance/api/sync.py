@@ -8,8 +8,9 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import JSONBody
 
-from appliance import devices, locks, sync
+from appliance import devices, lock_forwarding, locks, sync
 from appliance.box import Box
 from appliance.counting import items, rollups, sessions
 from appliance.devices import Device
@@ -55,7 +56,7 @@ def _device_sessions(box: Box, device: Device) -> list[dict[str, Any]]:
 
 
 @post("/api/sync/heartbeat", opt={"device": True}, sync_to_thread=True, status_code=200)
-def heartbeat(data: Heartbeat, box: Box, device: Device, request: Request[Any, Any, State]) -> dict[str, Any]:
+def heartbeat(data: JSONBody[Heartbeat], box: Box, device: Device, request: Request[Any, Any, State]) -> dict[str, Any]:
     address = request.client.host if request.client else ""
 
     def beat(conn: Any) -> int:
@@ -65,6 +66,7 @@ def heartbeat(data: Heartbeat, box: Box, device: Device, request: Request[Any, A
         return locks.renew(conn, ttl_ms=box.settings.lease_ttl_s * 1000, device_id=device.writer_id)
 
     renewed = box.db.write(beat)
+    lock_forwarding.renew_at_authority(request.app, device_id=device.writer_id)
     box.bus.publish(
         [
             (

@@ -8,6 +8,7 @@ import msgspec
 from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import JSONBody
 
 from appliance import people
 from appliance.box import Box
@@ -39,7 +40,7 @@ def counters(box: Box) -> list[dict[str, Any]]:
 
 
 @post("/api/users", opt={"permission": "users.write"}, sync_to_thread=True, status_code=201)
-def add_user(data: NewUser, box: Box, request: Request[Any, Any, State]) -> dict[str, Any]:
+def add_user(data: JSONBody[NewUser], box: Box, request: Request[Any, Any, State]) -> dict[str, Any]:
     username = people.check_new_user(data.username, data.role, data.password)
     passwords: Passwords = request.app.state.passwords
     password_hash = passwords.hash(data.password)

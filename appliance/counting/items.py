@@ -13,13 +13,15 @@ import datetime as dt
 import hashlib
 import os
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from appliance import products
 from appliance.counting.sessions import _require_actor, get_session
+from appliance.db import insert_rows
 from appliance.errors import Conflict, NotFound, StockVerifyError, ValidationFailed
-from appliance.eventlog import EventLog, projection_tables, projector
+from appliance.eventlog import EventLog, projection_tables, projector, run_projector
 from appliance.people import User
 from replication.codec import Event
 
@@ -434,10 +436,14 @@ def resolve_code(conn: sqlite3.Connection, code: str) -> tuple[str | None, str]:
     return str(found["product_id"]), str(found["matched_by"])
 
 
-def _note_code(conn: sqlite3.Connection, code: str) -> None:
-    if conn.execute("SELECT 1 FROM scan_codes WHERE code = ?", (code,)).fetchone() is None:
-        product_id, how = resolve_code(conn, code)
-        conn.execute("INSERT INTO scan_codes (code, product_id, matched_by) VALUES (?, ?, ?)", (code, product_id, how))
+def _note_codes(conn: sqlite3.Connection, codes: set[str]) -> None:
+    """Resolve codes seen for the first time (a code already known keeps its resolution)."""
+    for code in codes:
+        if conn.execute("SELECT 1 FROM scan_codes WHERE code = ?", (code,)).fetchone() is None:
+            product_id, how = resolve_code(conn, code)
+            conn.execute(
+                "INSERT INTO scan_codes (code, product_id, matched_by) VALUES (?, ?, ?)", (code, product_id, how)
+            )
 
 
 def _re_resolve(conn: sqlite3.Connection, codes: list[str]) -> None:
@@ -446,6 +452,13 @@ def _re_resolve(conn: sqlite3.Connection, codes: list[str]) -> None:
 
 
 # -- projections ----------------------------------------------------------------------------------
+_ADD_COUNT_INTO = "INSERT INTO scan_counts (session_id, rack_id, code, writer_id, p, n, u, last_hlc)"
+_ADD_COUNT_ON_CONFLICT = (
+    " ON CONFLICT DO UPDATE SET p = p + excluded.p, n = n + excluded.n, u = u + excluded.u,"
+    " last_hlc = max(last_hlc, excluded.last_hlc)"
+)
+
+
 def _count(
     conn: sqlite3.Connection,
     session_id: str,
@@ -458,25 +471,33 @@ def _count(
     du: int = 0,
 ) -> None:
     """Add to a writer's counter entry; ``du`` is the part of ``dn`` that an undo contributes."""
-    conn.execute(
-        "INSERT INTO scan_counts (session_id, rack_id, code, writer_id, p, n, u, last_hlc)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT DO UPDATE SET p = p + excluded.p, n = n + excluded.n, u = u + excluded.u,"
-        " last_hlc = max(last_hlc, excluded.last_hlc)",
-        (session_id, rack_id, code, writer, dp, dn, du, hlc),
-    )
-    _note_code(conn, code)
+    insert_rows(conn, _ADD_COUNT_INTO, [(session_id, rack_id, code, writer, dp, dn, du, hlc)], _ADD_COUNT_ON_CONFLICT)
+    _note_codes(conn, {code})
 
 
-@projector("scan.recorded")
-def _scan_recorded(conn: sqlite3.Connection, event: Event) -> None:
-    p = event.payload
-    _count(conn, p["session_id"], p["rack_id"] or "", p["code"], event.writer_id, p["qty"], 0, event.hlc)
-    if p.get("product_id"):
-        conn.execute(
-            "INSERT OR IGNORE INTO scan_claims (event_id, session_id, code, product_id, qty) VALUES (?, ?, ?, ?, ?)",
-            (event.event_id, p["session_id"], p["code"], p["product_id"], p["qty"]),
-        )
+@run_projector("scan.recorded")
+def _scans_recorded(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
+    """A run of scans adds to each counter entry once: a batch of 500 scans of 40 codes is 40
+    upserts. Counter addition commutes, so the sums equal folding the scans one by one."""
+    entries: dict[tuple[str, str, str, str], list[int]] = {}
+    claims = []
+    for event in events:
+        p = event.payload
+        key = (p["session_id"], p["rack_id"] or "", p["code"], event.writer_id)
+        entry = entries.get(key)
+        if entry is None:
+            entries[key] = [p["qty"], event.hlc]
+        else:
+            entry[0] += p["qty"]
+            if event.hlc > entry[1]:
+                entry[1] = event.hlc
+        if p.get("product_id"):
+            claims.append((event.event_id, p["session_id"], p["code"], p["product_id"], p["qty"]))
+    rows = [(*key, qty, 0, 0, hlc) for key, (qty, hlc) in entries.items()]
+    insert_rows(conn, _ADD_COUNT_INTO, rows, _ADD_COUNT_ON_CONFLICT)
+    _note_codes(conn, {key[2] for key in entries})
+    if claims:
+        insert_rows(conn, "INSERT OR IGNORE INTO scan_claims (event_id, session_id, code, product_id, qty)", claims)
 
 
 @projector("scan.undone")

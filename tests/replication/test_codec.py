@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
@@ -12,6 +13,7 @@ from replication.codec import (
     ZERO_HASH,
     CodecError,
     Event,
+    canonical,
     pack,
     sign_chain_head,
     unpack,
@@ -70,6 +72,14 @@ def test_floats_and_non_string_keys_are_refused() -> None:
         pack({"price": 9.99})
     with pytest.raises(CodecError, match="map keys"):
         pack({1: "x"})
+    with pytest.raises(CodecError, match=r"\$\.a\[1\]\.b: floats"):
+        pack({"a": [1, {"b": 0.5}]})
+    with pytest.raises(CodecError, match="64-bit"):
+        pack({"n": 2**64})
+    with pytest.raises(CodecError, match="64-bit"):
+        pack([-(2**63) - 1])
+    with pytest.raises(CodecError, match="set cannot"):
+        pack({"s": {1, 2}})
 
 
 json_like = st.recursive(
@@ -84,6 +94,13 @@ def test_key_order_never_changes_the_bytes(payload: dict[str, object]) -> None:
     reordered = dict(reversed(list(payload.items())))
     assert pack(payload) == pack(reordered)
     assert unpack(pack(payload)) == payload
+
+
+@given(json_like)
+def test_fast_packer_writes_the_reference_bytes(value: object) -> None:
+    """The packer skips building a sorted copy; its bytes must still be exactly msgpack's of the
+    canonical form, or every hash a handheld computes would differ from the box's."""
+    assert pack(value) == msgpack.packb(canonical(value), use_bin_type=True)
 
 
 def test_verify_chain_finds_the_first_break() -> None:
