@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-from appliance.counting.items import PRODUCT_CODE_PREFIX, resolve_code
+from appliance.counting.items import PRODUCT_CODE_PREFIX, note_codes, re_resolve
 from appliance.errors import BadRequest, Forbidden
 from appliance.eventlog import version_vector
 from replication.codec import unpack
@@ -60,6 +60,7 @@ def export(conn: sqlite3.Connection, store_id: str, acked: dict[str, int]) -> di
     removes: set[str] = set()
     sessions: set[str] = set()
     negations: list[list[Any]] = []
+    mapped: set[str] = set()
     for writer, head in ours.items():
         have = acked.get(writer, 0)
         if head <= have:
@@ -86,6 +87,8 @@ def export(conn: sqlite3.Connection, store_id: str, acked: dict[str, int]) -> di
                 adds.add(event_id)
             elif kind == "serial.removed":
                 removes.update(p["tags"])
+            elif kind == "code.mapped":
+                mapped.add(p["code"])
             if kind.startswith("session.") and "session_id" in p:
                 sessions.add(p["session_id"])
     return {
@@ -118,6 +121,9 @@ def export(conn: sqlite3.Connection, store_id: str, acked: dict[str, int]) -> di
         "negations": negations,
         "sessions": _rows(
             conn, f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE session_id = ?", {(s,) for s in sessions}
+        ),
+        "code_mappings": _rows(
+            conn, "SELECT code, product_id, hlc, writer_id FROM code_mappings WHERE code = ?", {(c,) for c in mapped}
         ),
     }
 
@@ -155,20 +161,6 @@ def merge(conn: sqlite3.Connection, store_id: str, page: dict[str, Any]) -> dict
     return vector
 
 
-def _note_codes(conn: sqlite3.Connection, codes: set[str]) -> None:
-    """Resolve codes new to this replica against its own product master, as the scan fold does.
-
-    Totals per product join counters to ``scan_codes``; a code entered unresolved would leave its
-    counts out of every product's quantity until the next import or mapping re-resolved it.
-    """
-    for code in sorted(codes):
-        if conn.execute("SELECT 1 FROM scan_codes WHERE code = ?", (code,)).fetchone() is None:
-            product_id, how = resolve_code(conn, code)
-            conn.execute(
-                "INSERT INTO scan_codes (code, product_id, matched_by) VALUES (?, ?, ?)", (code, product_id, how)
-            )
-
-
 def _merge(conn: sqlite3.Connection, page: dict[str, Any]) -> None:
     conn.executemany(
         "INSERT INTO scan_counts (session_id, rack_id, code, writer_id, p, n, last_hlc) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -187,7 +179,19 @@ def _merge(conn: sqlite3.Connection, page: dict[str, Any]) -> None:
                     " VALUES (?, ?, ?, ?, 0, ?, ?, 0) ON CONFLICT DO UPDATE SET n = n + excluded.n, u = u + excluded.u",
                     (session_id, rack_id, code, writer_id, qty, qty),
                 )
-    _note_codes(conn, seen)
+    # A code a supervisor mapped at the store: last writer wins, as the event's fold does, and the code
+    # is resolved again so that its counts move to the mapped product here too.
+    mappings = page.get("code_mappings") or []
+    conn.executemany(
+        "INSERT INTO code_mappings (code, product_id, hlc, writer_id) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET product_id = excluded.product_id, hlc = excluded.hlc,"
+        " writer_id = excluded.writer_id"
+        " WHERE (excluded.hlc, excluded.writer_id) > (code_mappings.hlc, code_mappings.writer_id)",
+        mappings,
+    )
+    # Totals per product join counters to scan_codes: a code left unresolved would be counted for no product.
+    note_codes(conn, seen)
+    re_resolve(conn, sorted({str(row[0]) for row in mappings}))
     conn.executemany(
         "INSERT INTO damage_counts (session_id, product_id, writer_id, p, n) VALUES (?, ?, ?, ?, ?)"
         " ON CONFLICT DO UPDATE SET p = max(p, excluded.p), n = max(n, excluded.n)",

@@ -24,7 +24,7 @@ from replication.codec import (
     ZERO_HASH,
     Event,
     sign_chain_head,
-    unpack,
+    unpack_payload,
     verify_chain_head,
 )
 from replication.hlc import HybridClock, wall_ms
@@ -120,7 +120,7 @@ def row_to_event(row: sqlite3.Row) -> Event:
         seq=row["seq"],
         event_id=row["event_id"],
         type=row["type"],
-        payload=unpack(row["payload"]),
+        payload=unpack_payload(row["payload"]),
         hlc=row["hlc"],
         prev_hash=row["prev_hash"],
         occurred_at=row["occurred_at"],
@@ -148,7 +148,8 @@ class EventLog:
         self._key = signing_key
         self.clock = clock
         self._unsigned = False  # touched only on the writer thread
-        self.listeners: list[Callable[[int, Event], None]] = []  # told of every append (live bus)
+        # Told of every appended run and the log position of its first event (the live bus).
+        self.listeners: list[Callable[[int, Sequence[Event]], None]] = []
 
     # -- the record path ---------------------------------------------------------------------
     def append(self, conn: sqlite3.Connection, event: Event) -> None:
@@ -212,8 +213,7 @@ class EventLog:
         conn.execute("UPDATE writers SET head_seq = ?, head_hash = ? WHERE writer_id = ?", (seq, prev, writer_id))
         apply_run(conn, events)
         for listener in self.listeners:
-            for index, event in enumerate(events):
-                listener(first_pos + index, event)
+            listener(first_pos, events)
 
     def record(self, conn: sqlite3.Connection, event_type: str, payload: dict[str, Any]) -> Event:
         """Append an event written by this box itself (a command it carried out)."""

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,11 +134,11 @@ class LogTap:
 
     def __init__(self, bus: EventBus) -> None:
         self._bus = bus
-        self._job: list[tuple[int, Event]] = []
-        self._group: list[tuple[int, Event]] = []
+        self._job: list[tuple[int, Sequence[Event]]] = []  # runs: the first event's position, the events
+        self._group: list[tuple[int, Sequence[Event]]] = []
 
-    def appended(self, pos: int, event: Event) -> None:
-        self._job.append((pos, event))
+    def appended(self, first_pos: int, events: Sequence[Event]) -> None:
+        self._job.append((first_pos, events))
 
     def job_done(self, _conn: sqlite3.Connection) -> None:
         self._group.extend(self._job)
@@ -152,10 +152,11 @@ class LogTap:
         if not self._bus.listeners:
             return
         messages: list[tuple[int | None, dict[str, Any]]] = []
-        for pos, event in group:
-            message = message_for(event)
-            if message is not None:
-                messages.append((pos, message))
+        for first_pos, events in group:
+            for offset, event in enumerate(events):
+                message = message_for(event)
+                if message is not None:
+                    messages.append((first_pos + offset, message))
         self._bus.publish(messages)
 
     def rolled_back(self) -> None:

@@ -419,8 +419,12 @@ def _scans_under_lease(conn: sqlite3.Connection, events: Sequence[Event]) -> Non
 
 
 # -- queries --------------------------------------------------------------------------------------
-def rack_board(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
-    """Every rack of the run as a tile: its state (a lapsed lease shows as available), holder, units."""
+def rack_board(conn: sqlite3.Connection, run_id: str, *, authority: bool = True) -> list[dict[str, Any]]:
+    """Every rack of the run as a tile: its state (a lapsed lease shows as available), holder, units.
+
+    Leases live at the lock authority. Another box holds copies only of the leases granted through
+    it, so there a held rack with no lease copy shows as held (the replicated moves say so), and only
+    a copy that ran out shows it lapsed."""
     get_run(conn, run_id)
     now = wall_ms()
     scope = {r[0] for r in conn.execute("SELECT rack_id FROM run_racks WHERE run_id = ?", (run_id,))}
@@ -433,7 +437,7 @@ def rack_board(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
     )
     rows = conn.execute(
         "SELECT r.rack_id, r.code, f.code AS floor, f.name AS floor_name, st.state, st.user_id, st.device_id,"
-        " st.token, st.session_id, l.expires_at, u.display_name AS holder_name"
+        " st.token, st.session_id, l.expires_at, l.token AS lease_token, u.display_name AS holder_name"
         " FROM racks r JOIN floors f ON f.floor_id = r.floor_id"
         " LEFT JOIN rack_states st ON st.run_id = ? AND st.rack_id = r.rack_id"
         " LEFT JOIN rack_leases l ON l.run_id = ? AND l.rack_id = r.rack_id"
@@ -446,7 +450,11 @@ def rack_board(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
         if scope and row["rack_id"] not in scope:
             continue
         state = row["state"] or "available"
-        lapsed = state in HELD and (row["expires_at"] is None or row["expires_at"] <= now)
+        # A lease copy for an older grant than the rack's latest move says nothing about the holder now.
+        expires_at = row["expires_at"] if authority or row["lease_token"] == row["token"] else None
+        lapsed = state in HELD and (
+            expires_at <= now if expires_at is not None else authority  # no lease at all: lapsed at the authority
+        )
         board.append(
             {
                 "rack_id": row["rack_id"],
@@ -459,7 +467,7 @@ def rack_board(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
                 "holder_name": None if lapsed or state not in HELD else row["holder_name"],
                 "device_id": None if lapsed or state not in HELD else row["device_id"],
                 "token": row["token"],
-                "expires_at": None if lapsed else row["expires_at"],
+                "expires_at": None if lapsed else expires_at,
                 "units": units.get(row["rack_id"], 0),
             }
         )

@@ -568,10 +568,10 @@ def _by_sku(conn: sqlite3.Connection, sku: str) -> sqlite3.Row | None:
     text = sku.strip()
     if not text:
         return None
-    # The exact match uses the unique index; the case-blind one scans, so it is only the fallback.
-    row: sqlite3.Row | None = conn.execute(f"{_SELECT} WHERE sku = ?", (text,)).fetchone()
-    if row is None:
-        row = conn.execute(f"{_SELECT} WHERE sku = ? COLLATE NOCASE ORDER BY sku LIMIT 1", (text,)).fetchone()
+    # One look-up in the case-blind index; an exact match wins over one that differs only in case.
+    row: sqlite3.Row | None = conn.execute(
+        f"{_SELECT} WHERE sku = ? COLLATE NOCASE ORDER BY sku != ?, sku LIMIT 1", (text, text)
+    ).fetchone()
     return row
 
 

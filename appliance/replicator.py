@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 PAGE_EVENTS = 2000
 Outgoing = tuple[dict[str, Any], bytes, int]  # a page, its packed bytes, how many events or rows it carries
-PEER_BACKOFF = (0.05, 0.25)
+PEER_BACKOFF = (0.05, 0.15)
 HQ_BACKOFF = (2.0, 300.0)
 
 

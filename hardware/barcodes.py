@@ -79,10 +79,13 @@ def _strip_symbology(code: str) -> str:
 
 
 def _gtin(code: str, kind: str) -> Reading:
-    try:
-        return Gtin.parse(code).as_gtin_14(), kind
-    except ParseError:
-        raise BarcodeError(_wrong_check_digit(gs1_standard_check_digit(code[:-1]))) from None
+    """A 12-, 13- or 14-digit code: valid when its GS1 check digit is right, and then its GTIN-14 is
+    the code padded with zeros on the left (what biip's ``as_gtin_14`` gives, a fifth of the cost:
+    this runs for every code a box sees for the first time)."""
+    expected = gs1_standard_check_digit(code[:-1])
+    if int(code[-1]) != expected:
+        raise BarcodeError(_wrong_check_digit(expected))
+    return code.zfill(14), kind
 
 
 def _eight_digit(code: str) -> list[Reading]:

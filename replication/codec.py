@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -127,8 +126,18 @@ def pack(value: Any) -> bytes:
         raise CodecError("integer out of the 64-bit range") from None
 
 
+_DECODER = msgspec.msgpack.Decoder()
+_PAYLOAD_DECODER = msgspec.msgpack.Decoder(dict[str, Any])
+
+
 def unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    """Decode msgpack (msgspec decodes twice as fast as msgpack's unpacker; this runs for every event read)."""
+    return _DECODER.decode(data)
+
+
+def unpack_payload(data: bytes) -> dict[str, Any]:
+    """An event's payload: a map with string keys, or ``ValueError``."""
+    return _PAYLOAD_DECODER.decode(data)
 
 
 def digest(data: bytes) -> bytes:

@@ -28,7 +28,7 @@ import msgpack
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from replication.codec import Event, unpack
+from replication.codec import Event, unpack_payload
 
 API_VERSION = 1
 MEDIA_TYPE = "application/vnd.stockverify.page+msgpack"
@@ -71,7 +71,7 @@ def row_event(row: list[Any]) -> Event:
             seq=seq,
             event_id=event_id,
             type=event_type,
-            payload=unpack(payload),
+            payload=unpack_payload(payload),
             hlc=hlc,
             prev_hash=prev_hash,
             occurred_at=occurred_at,

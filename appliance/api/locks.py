@@ -42,7 +42,7 @@ def _ttl_ms(box: Box) -> int:
 def rack_board(box: Box, user: User, run_id: str) -> list[dict[str, Any]]:
     """The floor map's tiles; for those who may read the conflict queue, each with its open conflicts."""
     conn = box.db.read()
-    board = locks.rack_board(conn, run_id)
+    board = locks.rack_board(conn, run_id, authority=box.settings.lock_authority)
     if allowed("conflicts.read", user.role):
         per_rack = conflicts.open_by_rack(conn, run_id)
         for tile in board:

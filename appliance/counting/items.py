@@ -436,9 +436,10 @@ def resolve_code(conn: sqlite3.Connection, code: str) -> tuple[str | None, str]:
     return str(found["product_id"]), str(found["matched_by"])
 
 
-def _note_codes(conn: sqlite3.Connection, codes: set[str]) -> None:
-    """Resolve codes seen for the first time (a code already known keeps its resolution)."""
-    for code in codes:
+def note_codes(conn: sqlite3.Connection, codes: set[str]) -> None:
+    """Resolve codes seen for the first time against this replica's product master (a code already
+    known keeps its resolution until an import or a mapping re-resolves it)."""
+    for code in sorted(codes):  # the same rows in the same order on every replica
         if conn.execute("SELECT 1 FROM scan_codes WHERE code = ?", (code,)).fetchone() is None:
             product_id, how = resolve_code(conn, code)
             conn.execute(
@@ -446,7 +447,8 @@ def _note_codes(conn: sqlite3.Connection, codes: set[str]) -> None:
             )
 
 
-def _re_resolve(conn: sqlite3.Connection, codes: list[str]) -> None:
+def re_resolve(conn: sqlite3.Connection, codes: list[str]) -> None:
+    """Resolve codes already seen again, after the product master or a mapping changed."""
     rows = [(*resolve_code(conn, code), code) for code in codes]
     conn.executemany("UPDATE scan_codes SET product_id = ?, matched_by = ? WHERE code = ?", rows)
 
@@ -472,7 +474,7 @@ def _count(
 ) -> None:
     """Add to a writer's counter entry; ``du`` is the part of ``dn`` that an undo contributes."""
     insert_rows(conn, _ADD_COUNT_INTO, [(session_id, rack_id, code, writer, dp, dn, du, hlc)], _ADD_COUNT_ON_CONFLICT)
-    _note_codes(conn, {code})
+    note_codes(conn, {code})
 
 
 @run_projector("scan.recorded")
@@ -495,7 +497,7 @@ def _scans_recorded(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
             claims.append((event.event_id, p["session_id"], p["code"], p["product_id"], p["qty"]))
     rows = [(*key, qty, 0, 0, hlc) for key, (qty, hlc) in entries.items()]
     insert_rows(conn, _ADD_COUNT_INTO, rows, _ADD_COUNT_ON_CONFLICT)
-    _note_codes(conn, {key[2] for key in entries})
+    note_codes(conn, {key[2] for key in entries})
     if claims:
         insert_rows(conn, "INSERT OR IGNORE INTO scan_claims (event_id, session_id, code, product_id, qty)", claims)
 
@@ -577,12 +579,12 @@ def _code_mapped(conn: sqlite3.Connection, event: Event) -> None:
         " WHERE (excluded.hlc, excluded.writer_id) > (code_mappings.hlc, code_mappings.writer_id)",
         (p["code"], p["product_id"], event.hlc, event.writer_id),
     )
-    _re_resolve(conn, [p["code"]])
+    re_resolve(conn, [p["code"]])
 
 
 @projector("products.imported")
 def _products_imported(conn: sqlite3.Connection, event: Event) -> None:
-    _re_resolve(conn, [row[0] for row in conn.execute("SELECT code FROM scan_codes")])
+    re_resolve(conn, [row[0] for row in conn.execute("SELECT code FROM scan_codes")])
 
 
 # -- queries --------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from biip import ParseError
 from biip.checksums import gs1_standard_check_digit
+from biip.gtin import Gtin
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -99,3 +101,21 @@ def test_any_payload_with_its_check_digit_is_read_and_any_other_digit_is_not(
     wrong = data.draw(st.integers(0, 9).filter(lambda digit: digit != good))
     bad = interpretations(f"{payload}{wrong}")
     assert all(kind == "upce" for _gtin, kind in bad)  # only the other 8-digit reading may survive
+
+
+@given(st.sampled_from((12, 13, 14)).flatmap(lambda n: st.text("0123456789", min_size=n - 1, max_size=n - 1)))
+def test_long_codes_read_exactly_as_biip_reads_them(body: str) -> None:
+    """12- to 14-digit codes are checked without biip (they are the common case on the hot path); the
+    reading must stay the one biip gives, and a wrong check digit must stay refused."""
+    code = body + str(gs1_standard_check_digit(body))
+    if set(code) == {"0"}:
+        assert interpretations(code) == []
+        return
+    try:
+        expected = Gtin.parse(code).as_gtin_14()
+    except ParseError:
+        expected = None
+    got = interpretations(code)
+    assert (got[0][0] if got else None) == expected
+    wrong = body + str((int(code[-1]) + 1) % 10)
+    assert interpretations(wrong) == []

@@ -172,6 +172,23 @@ def test_a_claim_at_b_is_granted_by_a_and_shown_at_b(store: Store) -> None:
         assert (there.status_code, there.json()) == (at_a.status_code, at_a.json()), box
 
 
+def test_a_claim_made_at_a_shows_as_held_on_b_board(store: Store) -> None:
+    """B keeps lease copies only for grants made through it; a grant made at A itself reaches B as
+    the replicated move and must show there as held, not as a lapsed lease."""
+    claimed = store.claim("rival", "a", "G-05")
+    assert claimed.status_code == 201, claimed.text
+    started = time.monotonic()
+    while (tile := store.tile("b", "G-05"))["state"] != "claimed":
+        assert time.monotonic() - started < 5.0, tile
+        time.sleep(0.05)
+    assert (tile["holder"], tile["lapsed"], tile["token"]) == (
+        store.people["rival"]["user_id"],
+        False,
+        claimed.json()["token"],
+    )
+    assert store.client("rival", "a").post(f"/api/runs/{store.run_id}/racks/G-05/release").status_code == 200
+
+
 def test_the_holder_moves_and_scans_through_b_under_a_token(store: Store) -> None:
     holder = store.client("holder", "b")
     token = store.tile("b", "G-01")["token"]
