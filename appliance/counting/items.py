@@ -439,12 +439,17 @@ def resolve_code(conn: sqlite3.Connection, code: str) -> tuple[str | None, str]:
 def note_codes(conn: sqlite3.Connection, codes: set[str]) -> None:
     """Resolve codes seen for the first time against this replica's product master (a code already
     known keeps its resolution until an import or a mapping re-resolves it)."""
-    for code in sorted(codes):  # the same rows in the same order on every replica
-        if conn.execute("SELECT 1 FROM scan_codes WHERE code = ?", (code,)).fetchone() is None:
-            product_id, how = resolve_code(conn, code)
-            conn.execute(
-                "INSERT INTO scan_codes (code, product_id, matched_by) VALUES (?, ?, ?)", (code, product_id, how)
-            )
+    # One statement asks which codes are known: each statement lets the writer thread's GIL go and
+    # costs a wait to take it back while the event loop is busy, so a batch's 50 codes are one ask.
+    wanted = sorted(codes)  # the same rows in the same order on every replica
+    known: set[str] = set()
+    for at in range(0, len(wanted), 500):
+        chunk = wanted[at : at + 500]
+        marks = ", ".join("?" * len(chunk))
+        known.update(row[0] for row in conn.execute(f"SELECT code FROM scan_codes WHERE code IN ({marks})", chunk))
+    new = [(code, *resolve_code(conn, code)) for code in wanted if code not in known]
+    if new:
+        insert_rows(conn, "INSERT INTO scan_codes (code, product_id, matched_by)", new)
 
 
 def re_resolve(conn: sqlite3.Connection, codes: list[str]) -> None:
