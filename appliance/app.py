@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -45,6 +44,7 @@ from appliance.people import LoginThrottle, Passwords
 from appliance.replicator import replication_lifespan
 from replication.discovery import mdns_lifespan
 from replication.hlc import wall_ms
+from replication.tasks import running
 from web import routes as web_routes
 
 log = logging.getLogger(__name__)
@@ -152,13 +152,8 @@ async def _lease_watch(app: Litestar) -> AsyncIterator[None]:
                 ]
             )
 
-    task = asyncio.create_task(watch(), name="lease-watch")
-    try:
+    async with running(watch(), "lease-watch"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def create_app(box: Box) -> Litestar:

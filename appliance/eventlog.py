@@ -82,10 +82,6 @@ def projection_tables(*tables: str) -> None:
             _PROJECTION_TABLES.append(table)
 
 
-def apply(conn: sqlite3.Connection, event: Event) -> None:
-    apply_run(conn, (event,))
-
-
 def apply_run(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
     """Fold events in order; each stretch of one type goes to that type's run folds in one call."""
     start, count = 0, len(events)

@@ -31,6 +31,7 @@ from appliance.eventlog import version_vector
 from replication import protocol
 from replication.peer_client import Me, PeerClient, PeerError
 from replication.sender import Backoff
+from replication.tasks import running
 
 log = logging.getLogger(__name__)
 
@@ -279,13 +280,8 @@ async def replication_lifespan(app: Litestar) -> AsyncIterator[None]:
     async with aiohttp.ClientSession() as http:
         replicator = Replicator(box, http, discovered)
         app.state.replicator = replicator
-        task = asyncio.create_task(replicator.run(), name="replicator")
-        try:
+        async with running(replicator.run(), "replicator"):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 def _after(vector: dict[str, int], page: dict[str, Any]) -> dict[str, int]:

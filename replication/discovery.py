@@ -34,6 +34,8 @@ from zeroconf import Error as ZeroconfError
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from replication.tasks import running
+
 if TYPE_CHECKING:
     from litestar import Litestar
 
@@ -480,20 +482,15 @@ async def mdns_lifespan(app: Litestar) -> AsyncIterator[None]:
         port=settings.port,
         fingerprint=None,  # the box serves plain HTTP until its TLS lands (DESIGN §9)
     )
-    task: asyncio.Task[None] | None = None
+    advertising: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
     if settings.port == 0:
         log.warning("mDNS not advertising: port 0 means the port is not known before uvicorn binds it")
     elif addresses is None:
         log.warning("mDNS not advertising: no IPv4 handheld can reach this host", extra={"host": settings.host})
     else:
-        task = asyncio.create_task(
-            _advertise_when_listening(discovery, advertisement, settings.host), name="mdns-advertise"
-        )
+        advertising = running(_advertise_when_listening(discovery, advertisement, settings.host), "mdns-advertise")
     try:
-        yield
+        async with advertising:
+            yield
     finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         await discovery.stop()

@@ -22,7 +22,7 @@ from appliance.eventlog import enroll_writer, new_id, version_vector
 from appliance.people import User
 from replication.codec import ZERO_HASH, Event
 from replication.hlc import encode
-from replication.protocol import API_VERSION, pack_page, row_event, unpack_page
+from replication.protocol import API_VERSION, event_row, pack_page, row_event, unpack_page
 from tests.conftest import make_settings
 
 WRITERS = ("dev-a", "dev-b", "dev-c")
@@ -108,19 +108,6 @@ class DeviceStreams:
         return [e for writer, stream in self.events.items() for e in stream[: vector.get(writer, 0)]]
 
 
-def _row(event: Event) -> list[Any]:
-    return [
-        event.writer_id,
-        event.seq,
-        event.event_id,
-        event.type,
-        event.payload_bytes,
-        event.hlc,
-        event.occurred_at,
-        event.prev_hash,
-    ]
-
-
 def _apply(box: Box, store_id: str, page: dict[str, Any]) -> int:
     wire = unpack_page(pack_page(page))  # through the wire codec, as a peer's page arrives
     applied: int = box.db.write(lambda conn: replicas.apply_page(conn, box.log, store_id, wire, None))
@@ -130,7 +117,7 @@ def _apply(box: Box, store_id: str, page: dict[str, Any]) -> int:
 def deliver(box: Box, store_id: str, events: Sequence[Event]) -> int:
     """Hand a replica some events of one writer as a page; returns how many were new to it. A page
     that would leave a gap in the writer's stream raises ``ChainError`` and changes nothing."""
-    page = {"v": API_VERSION, "store": store_id, "vector": {}, "writers": [], "events": [_row(e) for e in events]}
+    page = {"v": API_VERSION, "store": store_id, "vector": {}, "writers": [], "events": [event_row(e) for e in events]}
     return _apply(box, store_id, {**page, "heads": []})
 
 
