@@ -516,6 +516,52 @@ def resolve(conn: sqlite3.Connection, code: str, *, with_expected: bool = False)
     return None if row is None else _resolved(row, "sku", None, with_expected)
 
 
+def resolve_ids(conn: sqlite3.Connection, codes: Iterable[str]) -> dict[str, tuple[str | None, str]]:
+    """``(product_id, matched_by)`` for each code, as ``resolve`` would find it (``"unmatched"`` and
+    ``"ambiguous"`` with no product), in one look-up for all their barcodes and one for all their
+    SKUs: a replica that meets two hundred new codes in a page asks twice, not six hundred times."""
+    readings = {code: interpretations(code.strip()) for code in codes}
+    gtins = sorted({gtin for found in readings.values() for gtin, _kind in found})
+    by_gtin: dict[str, str] = {}
+    for chunk in _chunks(gtins, _SQL_CHUNK):
+        by_gtin.update(
+            conn.execute(
+                "SELECT c.code, c.product_id FROM product_codes c JOIN products p ON p.product_id = c.product_id"
+                f" WHERE c.code IN ({_marks(chunk)})",
+                chunk,
+            ).fetchall()
+        )
+    out: dict[str, tuple[str | None, str]] = {}
+    by_sku: list[str] = []
+    for code, found in readings.items():
+        hits = [(gtin, kind) for gtin, kind in found if gtin in by_gtin]
+        if len({by_gtin[gtin] for gtin, _kind in hits}) > 1:
+            out[code] = (None, "ambiguous")
+        elif hits:
+            out[code] = (by_gtin[hits[0][0]], hits[0][1])
+        elif code.strip():
+            by_sku.append(code)
+        else:
+            out[code] = (None, "unmatched")
+    skus: dict[str, list[tuple[str, str]]] = {}
+    for chunk in _chunks(sorted({code.strip() for code in by_sku}), _SQL_CHUNK):
+        for sku, product_id in conn.execute(
+            f"SELECT sku, product_id FROM products WHERE sku COLLATE NOCASE IN ({_marks(chunk)})", chunk
+        ):
+            skus.setdefault(_nocase(sku), []).append((sku, product_id))
+    for code in by_sku:
+        text = code.strip()
+        # As ``_by_sku``: an exact match wins over one that differs only in case, then the first SKU.
+        candidates = sorted(skus.get(_nocase(text), []), key=lambda hit: (hit[0] != text, hit[0]))
+        out[code] = (candidates[0][1], "sku") if candidates else (None, "unmatched")
+    return out
+
+
+def _nocase(text: str) -> str:
+    """SQLite's NOCASE folds ASCII letters only; so does this."""
+    return text.encode().lower().decode()
+
+
 def _resolved(row: sqlite3.Row, matched_by: str, gtin: str | None, with_expected: bool) -> dict[str, Any]:
     return {**product_dict(row, with_expected=with_expected), "matched_by": matched_by, "gtin": gtin}
 

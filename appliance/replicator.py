@@ -35,7 +35,7 @@ from replication.tasks import running
 
 log = logging.getLogger(__name__)
 
-PAGE_EVENTS = 2000
+PAGE_EVENTS = 5000
 Outgoing = tuple[dict[str, Any], bytes, int]  # a page, its packed bytes, how many events or rows it carries
 PEER_BACKOFF = (0.05, 0.15)
 HQ_BACKOFF = (2.0, 300.0)
@@ -66,6 +66,10 @@ class Replicator:
         node = box.node
         self.me = Me(node.node_id, node.store_id, node.key, node.public_key, self.settings.public_url)
         self.rounds = 0
+        # Per writer, the highest seq of pages received and queued for the writer thread but perhaps
+        # not yet committed. Pulls ask from here, so that two peers relaying the same third box's
+        # events do not both send them; forgotten when a page fails, and the next pull asks from disk.
+        self._coming: dict[str, int] = {}
 
     def _targets(self) -> dict[str, str]:
         wanted = dict.fromkeys((*self.settings.peers, *self._discovered()), "peer")
@@ -189,14 +193,17 @@ class Replicator:
         node_id = link.client.node_id
         store_id = self.me.store_id
         vector = await asyncio.to_thread(lambda: version_vector(self.box.db.read()))
-        fetch = asyncio.ensure_future(link.client.pull(vector, PAGE_EVENTS))
+        fetch = asyncio.ensure_future(link.client.pull(self._ahead(vector), PAGE_EVENTS))
         try:
             while True:
                 page, nbytes = await fetch
                 more = bool(page.get("more"))
+                # Noted and handed to the writer in one step of the loop: a page another pull asks for
+                # from this vector is queued behind this one.
+                self._coming = _after(self._coming, page)
                 if more:
                     vector = _after(vector, page)
-                    fetch = asyncio.ensure_future(link.client.pull(vector, PAGE_EVENTS))
+                    fetch = asyncio.ensure_future(link.client.pull(self._ahead(vector), PAGE_EVENTS))
 
                 def apply(conn: Any, page: dict[str, Any] = page, nbytes: int = nbytes) -> int:
                     return replicas.apply_page(conn, self.box.log, store_id, page, node_id, nbytes)
@@ -204,6 +211,7 @@ class Replicator:
                 try:
                     applied = await self.box.db.awrite(apply)
                 except Exception as exc:  # a page we cannot apply is a person's problem, not a retry loop's
+                    self._coming = {}
                     code = getattr(exc, "code", type(exc).__name__)
                     raise PeerError(code, f"page from {link.url} refused: {exc}", retryable=False) from exc
                 if applied:
@@ -215,6 +223,10 @@ class Replicator:
                 fetch.cancel()
                 with contextlib.suppress(asyncio.CancelledError, PeerError):
                     await fetch
+
+    def _ahead(self, vector: dict[str, int]) -> dict[str, int]:
+        """``vector`` with the pages already on their way to this box's disk counted in."""
+        return {**vector, **{w: seq for w, seq in self._coming.items() if seq > vector.get(w, 0)}}
 
     async def _push(self, link: Link) -> None:
         """Send HQ what it lacks, page after page. While one page is on its way and being applied at

@@ -20,7 +20,7 @@ from typing import Any
 from appliance import products
 from appliance.counting.sessions import _require_actor, get_session
 from appliance.db import insert_rows
-from appliance.errors import Conflict, NotFound, StockVerifyError, ValidationFailed
+from appliance.errors import Conflict, NotFound, ValidationFailed
 from appliance.eventlog import EventLog, projection_tables, projector, run_projector
 from appliance.people import User
 from replication.codec import Event
@@ -422,18 +422,28 @@ def map_code(conn: sqlite3.Connection, log: EventLog, actor: User, code: str, sk
 # -- resolution -----------------------------------------------------------------------------------
 def resolve_code(conn: sqlite3.Connection, code: str) -> tuple[str | None, str]:
     """The product a scanned code stands for now, and how it was matched."""
-    mapped = conn.execute("SELECT product_id FROM code_mappings WHERE code = ?", (code,)).fetchone()
-    if mapped is not None:
-        return mapped[0], "mapping"
-    if code.startswith(PRODUCT_CODE_PREFIX):
-        return code[len(PRODUCT_CODE_PREFIX) :], "product"
-    try:
-        found = products.resolve(conn, code)
-    except StockVerifyError:
-        return None, "ambiguous"
-    if found is None:
-        return None, "unmatched"
-    return str(found["product_id"]), str(found["matched_by"])
+    return resolve_codes(conn, [code])[code]
+
+
+def resolve_codes(conn: sqlite3.Connection, codes: list[str]) -> dict[str, tuple[str | None, str]]:
+    """``resolve_code`` for many codes at once: a mapping first, then a product card's own code, then
+    the product master (barcode, then SKU), in a few statements whatever the number of codes."""
+    out: dict[str, tuple[str | None, str]] = {}
+    for at in range(0, len(codes), 500):
+        chunk = codes[at : at + 500]
+        marks = ", ".join("?" * len(chunk))
+        rows = conn.execute(f"SELECT code, product_id FROM code_mappings WHERE code IN ({marks})", chunk)
+        out.update((code, (product_id, "mapping")) for code, product_id in rows)
+    rest = []
+    for code in codes:
+        if code in out:
+            continue
+        if code.startswith(PRODUCT_CODE_PREFIX):
+            out[code] = (code[len(PRODUCT_CODE_PREFIX) :], "product")
+        else:
+            rest.append(code)
+    out.update(products.resolve_ids(conn, rest))
+    return out
 
 
 def note_codes(conn: sqlite3.Connection, codes: set[str]) -> None:
@@ -447,14 +457,17 @@ def note_codes(conn: sqlite3.Connection, codes: set[str]) -> None:
         chunk = wanted[at : at + 500]
         marks = ", ".join("?" * len(chunk))
         known.update(row[0] for row in conn.execute(f"SELECT code FROM scan_codes WHERE code IN ({marks})", chunk))
-    new = [(code, *resolve_code(conn, code)) for code in wanted if code not in known]
+    fresh = [code for code in wanted if code not in known]
+    resolved = resolve_codes(conn, fresh)
+    new = [(code, *resolved[code]) for code in fresh]
     if new:
         insert_rows(conn, "INSERT INTO scan_codes (code, product_id, matched_by)", new)
 
 
 def re_resolve(conn: sqlite3.Connection, codes: list[str]) -> None:
     """Resolve codes already seen again, after the product master or a mapping changed."""
-    rows = [(*resolve_code(conn, code), code) for code in codes]
+    resolved = resolve_codes(conn, codes)
+    rows = [(*resolved[code], code) for code in codes]
     conn.executemany("UPDATE scan_codes SET product_id = ?, matched_by = ? WHERE code = ?", rows)
 
 

@@ -351,6 +351,44 @@ def test_an_ambiguous_code_from_two_replicas_is_a_conflict_not_a_guess(box: Box)
     assert found is not None and found["sku"] == "B-1"
 
 
+def test_resolving_many_codes_at_once_finds_what_one_at_a_time_finds(
+    box: Box, demo_file: Path, examples: dict[str, tuple[str, str]]
+) -> None:
+    import_file(box, demo_file.read_bytes())
+    import_file(box, csv_file("Tea-8,,Tea,,,,,"))
+
+    def from_replicas(conn: sqlite3.Connection) -> None:
+        # Two boxes gave one 8-digit code's readings to different products, and SKUs apart only in case.
+        for sku, code in (
+            ("A-1", ("00000001234565", "ean8", "01234565")),
+            ("B-1", ("00012345000065", "upca", "012345000065")),
+            ("tea-7", None),
+            ("TEA-7", None),
+        ):
+            row = products.ProductRow(line=2, sku=sku, name=f"product {sku}", codes=[code] if code else [])
+            box.log.record(conn, "products.imported", {"import_id": new_id(), "rows": [row.payload(new_id())]})
+
+    box.db.write(from_replicas)
+    conn = box.db.read()
+    gtin = products.resolve(conn, examples["gs1"][0])["gtin"]  # type: ignore[index]
+    codes = [code for code, _sku in examples.values()] + [
+        f"(01){gtin}(21)X", f" {gtin}\n", examples["sku"][0].lower(), "tea-7", "TEA-7", "Tea-7", "tea-8", "TEA-8 ",
+        "01234565", "012345000065", "5901234123457", "5901234123458", "NO-SUCH-THING", "  ", "ümlaut-1",
+    ]  # fmt: skip
+
+    def one_at_a_time(code: str) -> tuple[str | None, str]:
+        try:
+            found = products.resolve(conn, code)
+        except Conflict:
+            return None, "ambiguous"
+        return (None, "unmatched") if found is None else (found["product_id"], found["matched_by"])
+
+    expected = {code: one_at_a_time(code) for code in codes}
+    assert products.resolve_ids(conn, codes) == expected
+    assert expected["01234565"] == (None, "ambiguous") and expected["  "] == (None, "unmatched")
+    assert len({expected[c][0] for c in ("tea-7", "TEA-7", "Tea-7")}) == 2  # exact case first, else the first SKU
+
+
 def test_the_same_new_sku_from_two_replicas_folds_into_one_product(box: Box) -> None:
     # Each box gave the SKU its own new id; the fold keeps the first id and takes the later values.
     def two_imports(conn: sqlite3.Connection) -> None:

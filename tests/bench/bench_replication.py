@@ -84,11 +84,31 @@ def write_backlog(data_dir: Path, events: int, scans_per_sku: int = 10, sessions
 def vector(db: Path) -> dict[str, int]:
     if not db.exists():
         return {}
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        try:
-            return dict(conn.execute("SELECT writer_id, head_seq FROM writers WHERE head_seq > 0").fetchall())
-        except sqlite3.OperationalError:
-            return {}
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return dict(conn.execute("SELECT writer_id, head_seq FROM writers WHERE head_seq > 0").fetchall())
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        conn.close()
+
+
+class Vectors:
+    """What each replica holds, read through one open connection per file: the clock polls every
+    10 ms, and opening three files a hundred times a second took a fifth of a core from the boxes."""
+
+    def __init__(self, dbs: list[Path]) -> None:
+        self._conns = [sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False) for db in dbs]
+
+    def read(self) -> list[dict[str, int]]:
+        return [
+            dict(conn.execute("SELECT writer_id, head_seq FROM writers WHERE head_seq > 0").fetchall())
+            for conn in self._conns
+        ]
+
+    def close(self) -> None:
+        for conn in self._conns:
+            conn.close()
 
 
 def start(data_dir: Path, port: int, env: dict[str, str], *args: str) -> ServerProcess:
@@ -120,14 +140,17 @@ def converge_after_heal(root: Path, divergent: int) -> float:
         began = time.perf_counter()
         for proxy in links.values():
             proxy.heal()
-        dbs = [root / name / "store.db" for name in names]
-        while True:
-            vectors = [vector(db) for db in dbs]
-            if all(v == vectors[0] for v in vectors) and sum(vectors[0].values()) >= 3 * divergent:
-                return time.perf_counter() - began
-            if time.perf_counter() - began > 300:
-                raise TimeoutError("boxes did not converge in 300 s")
-            time.sleep(0.01)
+        held = Vectors([root / name / "store.db" for name in names])
+        try:
+            while True:
+                vectors = held.read()
+                if all(v == vectors[0] for v in vectors) and sum(vectors[0].values()) >= 3 * divergent:
+                    return time.perf_counter() - began
+                if time.perf_counter() - began > 300:
+                    raise TimeoutError("boxes did not converge in 300 s")
+                time.sleep(0.01)
+        finally:
+            held.close()
     finally:
         for box in boxes:
             box.stop()
