@@ -78,10 +78,6 @@ def serve(config: Path | None, **flags: Any) -> None:
     # collection no longer walks the product master and the app's routes, which trims latency spikes.
     gc.collect()
     gc.freeze()
-    # A replicated page of 2,000 events makes some 10,000 containers that live until it is applied;
-    # at the default threshold of 700 that is a dozen young collections per page, each promoting
-    # survivors the older generations then walk again. 20,000 lets a page come and go between two.
-    gc.set_threshold(20_000, 20, 20)
     # The writer thread lets the GIL go for every SQLite statement and must take it back from the event
     # loop: at the default 5 ms switch interval a claim's twenty statements could wait that long each
     # while the loop is busy. 1 ms bounds the wait without the cost 0.5 ms had on ingest.
@@ -92,6 +88,8 @@ def serve(config: Path | None, **flags: Any) -> None:
         port=settings.port,
         log_config=None,
         access_log=False,
+        # Handhelds reach the box directly on the store LAN; no proxy's forwarded headers to trust.
+        proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
 

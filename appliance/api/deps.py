@@ -23,13 +23,16 @@ def provide_box(state: State) -> Box:
     return box
 
 
-def provide_device(request: Request[Any, Any, Any]) -> Device:
+# ``user`` and ``device`` name ``box`` although they do not use it. Litestar resolves dependencies
+# that do not depend on one another in an anyio task group, a fifth of a millisecond per request
+# here; chained, they are awaited one after the other at no cost.
+def provide_device(request: Request[Any, Any, Any], box: Box) -> Device:
     """The paired device the guard authenticated for this request."""
     device: Device = request.state.device
     return device
 
 
-def provide_user(request: Request[Any, Any, Any]) -> User:
+def provide_user(request: Request[Any, Any, Any], box: Box) -> User:
     """The user the guard authenticated for this request."""
     user: User = request.state.user
     return user
