@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -185,36 +186,66 @@ def _rows_in(conn: sqlite3.Connection, sql: str, keys: list[str]) -> Iterable[sq
 
 
 # -- applying a page --------------------------------------------------------------------------------
+@dataclass
+class Incoming:
+    """A page checked, decoded and hashed: the work on a page that needs no database, done before the
+    page reaches the writer thread so that it can run beside the writing of the page before."""
+
+    writers: list[tuple[str, str, str, str, bytes]]
+    runs: list[list[Event]]
+    heads: list[tuple[str, int, bytes, bytes]]
+    vector: Any
+
+
+def incoming(store_id: str, page: dict[str, Any], held: dict[str, int] | None = None) -> Incoming:
+    """Check a page for ``store_id`` and decode its events, leaving out those ``held`` already covers
+    (rows another peer relayed first: when three boxes meet, a third of what each is sent)."""
+    if page.get("store") != store_id:
+        raise Forbidden(
+            f"page of store {page.get('store')!r} offered to store {store_id!r}", code="WRONG_STORE", details=None
+        )
+    held = held or {}
+    try:
+        writers = []
+        for writer_id, kind, writer_store, name, public_key in page.get("writers") or []:
+            if writer_store != store_id:
+                raise Forbidden(f"writer {writer_id} belongs to store {writer_store}", code="WRONG_STORE")
+            if kind not in ("box", "device", "scanner"):
+                raise BadRequest(f"writer {writer_id} has unknown kind {kind!r}", code="VALIDATION")
+            writers.append((str(writer_id), str(kind), str(writer_store), str(name), bytes(public_key)))
+        runs = []
+        for rows in _runs(page.get("events") or []):
+            have = held.get(rows[0][0], 0)
+            run = [row_event(row) for row in rows if row[1] > have]
+            for event in run:
+                event.hash  # noqa: B018 -- computed here, off the writer thread, and cached
+            if run:
+                runs.append(run)
+        heads = [(str(w), int(seq), bytes(digest), bytes(sig)) for w, seq, digest, sig in page.get("heads") or []]
+    except (TypeError, ValueError, IndexError, ProtocolError) as exc:
+        raise BadRequest(f"malformed page: {exc}", code="BAD_PAGE") from None
+    return Incoming(writers, runs, heads, page.get("vector"))
+
+
 def apply_page(
     conn: sqlite3.Connection,
     event_log: EventLog,
     store_id: str,
-    page: dict[str, Any],
+    page: dict[str, Any] | Incoming,
     source: str | None,
     nbytes: int = 0,
 ) -> int:
     """Apply a page from ``source`` (a peer's node id) in the caller's transaction; returns how many
     events were new. A page that breaks a chain or carries a forged head is refused whole."""
-    if page.get("store") != store_id:
-        raise Forbidden(
-            f"page of store {page.get('store')!r} offered to store {store_id!r}", code="WRONG_STORE", details=None
-        )
-    try:
-        writers = page.get("writers") or []
-        for writer_id, kind, writer_store, name, public_key in writers:
-            if writer_store != store_id:
-                raise Forbidden(f"writer {writer_id} belongs to store {writer_store}", code="WRONG_STORE")
-            if kind not in ("box", "device", "scanner"):
-                raise BadRequest(f"writer {writer_id} has unknown kind {kind!r}", code="VALIDATION")
-            enroll_writer(conn, writer_id, kind, store_id, name, bytes(public_key))
-        rows = list(_runs(page.get("events") or []))
-        heads = page.get("heads") or []
-    except (TypeError, ValueError, IndexError) as exc:
-        raise BadRequest(f"malformed page: {exc}", code="BAD_PAGE") from None
+    if not isinstance(page, Incoming):
+        page = incoming(store_id, page, version_vector(conn))
+    for writer_id, kind, writer_store, name, public_key in page.writers:
+        enroll_writer(conn, writer_id, kind, writer_store, name, public_key)
     applied, newest = 0, 0
-    for run in rows:
-        head = conn.execute("SELECT head_seq FROM writers WHERE writer_id = ?", (run[0][0],)).fetchone()
-        fresh = _fresh(run, head["head_seq"] if head is not None else 0)
+    for run in page.runs:
+        head = conn.execute("SELECT head_seq FROM writers WHERE writer_id = ?", (run[0].writer_id,)).fetchone()
+        have = head["head_seq"] if head is not None else 0
+        fresh = [e for e in run if e.seq > have]
         if fresh:
             event_log.append_run(conn, fresh)
             applied += len(fresh)
@@ -226,28 +257,18 @@ def apply_page(
             log.warning(
                 "a replicated event is far ahead of this box's clock; check the clocks", extra={"source": source}
             )
-    for writer_id, seq, digest, signature in heads:
-        _store_head(conn, writer_id, seq, bytes(digest), bytes(signature))
+    for writer_id, seq, digest, signature in page.heads:
+        _store_head(conn, writer_id, seq, digest, signature)
     if source is not None:
-        note_exchange(conn, source, their_vector=page.get("vector"), events_in=applied, bytes_in=nbytes)
+        note_exchange(conn, source, their_vector=page.vector, events_in=applied, bytes_in=nbytes)
     return applied
-
-
-def _fresh(run: list[list[Any]], have: int) -> list[Event]:
-    """The events of a run this replica lacks. Rows it already holds (another peer relayed them first)
-    are skipped before they are decoded and hashed: when three boxes meet, a third of what each is
-    sent is such rows."""
-    try:
-        return [row_event(row) for row in run if row[1] > have]
-    except (TypeError, ProtocolError) as exc:
-        raise BadRequest(f"malformed page: {exc}", code="BAD_PAGE") from None
 
 
 def _runs(rows: list[list[Any]]) -> Iterable[list[list[Any]]]:
     """Consecutive wire rows of one writer, in page order."""
     run: list[list[Any]] = []
     for row in rows:
-        if not isinstance(row, list) or not row:
+        if not isinstance(row, list | tuple) or not row:
             raise ValueError(f"an event row is a list of fields, not {row!r:.40}")
         if run and row[0] != run[-1][0]:
             yield run

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 PAGE_EVENTS = 5000
 Outgoing = tuple[dict[str, Any], bytes, int]  # a page, its packed bytes, how many events or rows it carries
 PEER_BACKOFF = (0.05, 0.15)
+PUSH_WINDOW = 2  # pages on their way to HQ at once
 HQ_BACKOFF = (2.0, 300.0)
 
 
@@ -198,22 +200,25 @@ class Replicator:
             while True:
                 page, nbytes = await fetch
                 more = bool(page.get("more"))
-                # Noted and handed to the writer in one step of the loop: a page another pull asks for
-                # from this vector is queued behind this one.
-                self._coming = _after(self._coming, page)
                 if more:
                     vector = _after(vector, page)
                     fetch = asyncio.ensure_future(link.client.pull(self._ahead(vector), PAGE_EVENTS))
+                try:
+                    checked = await asyncio.to_thread(self._check, page)
+                except Exception as exc:  # a page we cannot apply is a person's problem, not a retry loop's
+                    raise _refused(link, exc) from exc
 
-                def apply(conn: Any, page: dict[str, Any] = page, nbytes: int = nbytes) -> int:
-                    return replicas.apply_page(conn, self.box.log, store_id, page, node_id, nbytes)
+                def apply(conn: Any, checked: replicas.Incoming = checked, nbytes: int = nbytes) -> int:
+                    return replicas.apply_page(conn, self.box.log, store_id, checked, node_id, nbytes)
 
+                # Noted and handed to the writer in one step of the loop: a page another pull asks for
+                # from this vector is queued behind this one.
+                self._coming = _after(self._coming, page)
                 try:
                     applied = await self.box.db.awrite(apply)
-                except Exception as exc:  # a page we cannot apply is a person's problem, not a retry loop's
+                except Exception as exc:
                     self._coming = {}
-                    code = getattr(exc, "code", type(exc).__name__)
-                    raise PeerError(code, f"page from {link.url} refused: {exc}", retryable=False) from exc
+                    raise _refused(link, exc) from exc
                 if applied:
                     log.debug("pulled %d events from %s", applied, link.url)
                 if not more:
@@ -224,42 +229,50 @@ class Replicator:
                 with contextlib.suppress(asyncio.CancelledError, PeerError):
                     await fetch
 
+    def _check(self, page: dict[str, Any]) -> replicas.Incoming:
+        """Decode and hash a pulled page off the writer thread, leaving out what is already on disk."""
+        return replicas.incoming(self.me.store_id, page, version_vector(self.box.db.read()))
+
     def _ahead(self, vector: dict[str, int]) -> dict[str, int]:
         """``vector`` with the pages already on their way to this box's disk counted in."""
         return {**vector, **{w: seq for w, seq in self._coming.items() if seq > vector.get(w, 0)}}
 
     async def _push(self, link: Link) -> None:
-        """Send HQ what it lacks, page after page. While one page is on its way and being applied at
-        HQ, the next is read and packed here (from the vector HQ will hold once the first is in)."""
+        """Send HQ what it lacks, keeping PUSH_WINDOW pages on their way: while HQ writes one it decodes
+        the next, and meanwhile this box reads and packs the one after (from the vector HQ will hold
+        once those are in). Answers are taken in order; a page that fails cancels those behind it."""
         node_id = link.client.node_id
         assert node_id is not None
         counter_mode = self.settings.hq_mode == counters.MODE
-        outgoing = await asyncio.to_thread(self._outgoing, link.their, counter_mode)
-        while outgoing is not None:
-            page, packed, sent = outgoing
-            upcoming: asyncio.Future[Outgoing | None] | None = None
-            if not counter_mode and page.get("more"):
-                upcoming = asyncio.ensure_future(asyncio.to_thread(self._outgoing, _after(link.their, page), False))
-            try:
-                answer = await link.client.push(packed)
-            except BaseException:
-                if upcoming is not None:
-                    upcoming.cancel()
-                raise
-            link.their = dict(answer["covered"] if counter_mode else answer["vector"])
-            # Status bookkeeping only: committed with the next write, never waited for.
-            self.box.db.submit(
-                partial(
-                    replicas.note_exchange,
-                    node_id=node_id,
-                    their_vector=link.their,
-                    events_out=sent,
-                    bytes_out=len(packed),
+        assumed = dict(link.their)
+        outgoing = await asyncio.to_thread(self._outgoing, assumed, counter_mode)
+        window: deque[tuple[asyncio.Future[dict[str, Any]], int, int]] = deque()
+        try:
+            while outgoing is not None or window:
+                while outgoing is not None and len(window) < (1 if counter_mode else PUSH_WINDOW):
+                    page, packed, sent = outgoing
+                    window.append((asyncio.ensure_future(link.client.push(packed)), len(packed), sent))
+                    more = not counter_mode and bool(page.get("more"))
+                    if more:
+                        assumed = _after(assumed, page)
+                    outgoing = await asyncio.to_thread(self._outgoing, assumed, False) if more else None
+                sending, nbytes, sent = window.popleft()
+                answer = await sending
+                link.their = dict(answer["covered"] if counter_mode else answer["vector"])
+                # Status bookkeeping only: committed with the next write, never waited for.
+                self.box.db.submit(
+                    partial(
+                        replicas.note_exchange,
+                        node_id=node_id,
+                        their_vector=link.their,
+                        events_out=sent,
+                        bytes_out=nbytes,
+                    )
                 )
-            )
-            # An answer vector beyond the one assumed only means the next page may carry events HQ
-            # already holds from another box; HQ skips those.
-            outgoing = None if upcoming is None else await upcoming
+        finally:
+            for sending, _nbytes, _sent in window:
+                sending.cancel()
+            await asyncio.gather(*(sending for sending, _nbytes, _sent in window), return_exceptions=True)
 
     def _outgoing(self, their: dict[str, int], counter_mode: bool) -> Outgoing | None:
         """The next page HQ lacks, packed, and how many events or rows it carries; None when it has all."""
@@ -294,6 +307,12 @@ async def replication_lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.replicator = replicator
         async with running(replicator.run(), "replicator"):
             yield
+
+
+def _refused(link: Link, exc: Exception) -> PeerError:
+    """A page this box cannot apply is a person's problem, not a retry loop's."""
+    code = getattr(exc, "code", type(exc).__name__)
+    return PeerError(code, f"page from {link.url} refused: {exc}", retryable=False)
 
 
 def _after(vector: dict[str, int], page: dict[str, Any]) -> dict[str, int]:

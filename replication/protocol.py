@@ -71,7 +71,7 @@ def row_event(row: list[Any]) -> Event:
         event = Event(writer_id, seq, event_id, event_type, unpack_payload(payload), hlc, prev_hash, occurred_at)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed event row: {exc}") from None
-    event._cache["payload"] = payload  # the bytes the writer hashed, not a re-encoding
+    event._payload_bytes = payload  # the bytes the writer hashed, not a re-encoding
     return event
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -18,14 +19,15 @@ from litestar.handlers import HTTPRouteHandler
 
 from appliance import counters, lock_forwarding, replicas
 from appliance.box import Box
-from appliance.errors import BadRequest, Forbidden, Unauthenticated
-from appliance.eventlog import version_vector
+from appliance.errors import BadRequest, Forbidden, NotFound, Unauthenticated
+from appliance.eventlog import ChainError, version_vector
 from appliance.hub import Hub
 from replication import protocol
 from replication.hlc import wall_ms
 
 MSGPACK = "application/msgpack"
 DEFAULT_PAGE = 2000
+PUSH_ORDER_WAIT_S = 30.0
 
 
 def _hub(request: Request[Any, Any, State]) -> Hub | None:
@@ -163,13 +165,32 @@ async def push(request: Request[Any, Any, State], box: Box) -> Response[bytes]:
 
         answer = await target.db.awrite(merge)
     else:
+        checked = await asyncio.to_thread(lambda: replicas.incoming(store_id, page, version_vector(target.db.read())))
 
         def apply(conn: sqlite3.Connection) -> dict[str, Any]:
-            applied = replicas.apply_page(conn, target.log, store_id, page, node_id, len(body))
+            applied = replicas.apply_page(conn, target.log, store_id, checked, node_id, len(body))
             return {"applied": applied, "vector": version_vector(conn)}
 
-        answer = await target.db.awrite(apply)
+        answer = await _in_order(target, apply)
     return _signed(box, request, msgpack.packb(answer, use_bin_type=True), MSGPACK)
+
+
+async def _in_order(target: Box, apply: Callable[[sqlite3.Connection], dict[str, Any]]) -> dict[str, Any]:
+    """Apply a pushed page once the page before it is in. A box keeps two pages in flight so that
+    HQ decodes one while it writes the other; should the second be decoded first, it waits for the
+    next commits, for at most PUSH_ORDER_WAIT_S, before its gap (or unknown writer) is an error."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PUSH_ORDER_WAIT_S
+    while True:
+        seen = target.db.commits
+        try:
+            return await target.db.awrite(apply)
+        except (ChainError, NotFound) as exc:
+            # The page before it brings the missing seqs, or the writer itself.
+            if exc.code not in ("SEQUENCE_GAP", "UNKNOWN_WRITER") or loop.time() > deadline:
+                raise
+        while target.db.commits == seen and loop.time() < deadline:
+            await asyncio.sleep(0.002)
 
 
 @post("/api/replication/locks", opt={"node": True}, status_code=200)

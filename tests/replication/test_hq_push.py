@@ -1,0 +1,81 @@
+"""Pages a store box pushes to HQ two at a time, against a real HQ process: they land in order and once,
+whichever HQ finishes decoding first."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from appliance import replicas
+from appliance.box import open_box
+from appliance.eventlog import enroll_writer, new_id, verify_writer_chain
+from replication.codec import ZERO_HASH, Event, sign_chain_head
+from replication.peer_client import Me, PeerClient
+from replication.protocol import pack_page
+from tests.conftest import ServerProcess, make_settings
+
+HQ_SECRET = "hq-secret-for-the-push-test-001"
+STORE = "push-store"
+
+
+def _store_with_scans(data_dir: Path, count: int) -> tuple[Me, list[dict[str, Any]], str]:
+    """A store box's database holding ``count`` chained scans of one handheld, and two pages of them."""
+    box = open_box(make_settings(data_dir, store_id=STORE))
+    key, writer = Ed25519PrivateKey.generate(), new_id()
+    box.db.write(
+        lambda conn: enroll_writer(conn, writer, "device", STORE, "handheld", key.public_key().public_bytes_raw())
+    )
+    prev, events = ZERO_HASH, []
+    for seq in range(1, count + 1):
+        payload = {"session_id": "S-1", "code": f"{2000000000000 + seq % 7}", "qty": 1, "rack_id": "R-1"}
+        event = Event(writer, seq, new_id(), "scan.recorded", payload, box.log.clock.now(), prev, seq)
+        prev = event.hash
+        events.append(event)
+
+    def record(conn: sqlite3.Connection) -> None:
+        box.log.append_run(conn, events)
+        conn.execute(
+            "INSERT INTO chain_heads (writer_id, seq, hash, signature, signed_at) VALUES (?, ?, ?, ?, 0)",
+            (writer, count, prev, sign_chain_head(key, writer, count, prev)),
+        )
+
+    box.db.write(record)
+    conn = box.db.read()
+    first = replicas.delta(conn, STORE, {}, count // 2)
+    sent = {row[0]: row[1] for row in first["events"]}  # what HQ holds once the first page is in
+    second = replicas.delta(conn, STORE, sent, count)
+    me = Me(box.node.node_id, STORE, box.node.key, box.node.public_key)
+    box.close()
+    return me, [first, second], writer
+
+
+def test_the_second_page_decoded_first_waits_for_the_first(tmp_path: Path) -> None:
+    me, (first, second), writer = _store_with_scans(tmp_path / "box", 4000)
+    assert writer not in [w[0] for w in second["writers"]]  # only the first page enrols the handheld
+    hq = ServerProcess(tmp_path / "hq", "--role", "hq", env={"STOCKVERIFY_HQ_SECRET": HQ_SECRET})
+    try:
+        hq.wait_ready()
+
+        async def push_out_of_order() -> list[dict[str, Any]]:
+            async with aiohttp.ClientSession() as http:
+                client = PeerClient(http, hq.url, me)
+                await client.hello("box", HQ_SECRET)
+                late = asyncio.ensure_future(client.push(pack_page(second)))
+                await asyncio.sleep(0.3)  # HQ has decoded the second page and found its writer unknown
+                return [await client.push(pack_page(first)), await late]
+
+        answers = asyncio.run(push_out_of_order())
+    finally:
+        hq.stop()
+    assert [a["applied"] for a in answers] == [len(first["events"]), len(second["events"])]
+    assert answers[1]["vector"][writer] == 4000
+    with sqlite3.connect(tmp_path / "hq" / "stores" / STORE / "store.db") as conn:
+        conn.row_factory = sqlite3.Row
+        assert conn.execute("SELECT count(*) FROM events WHERE writer_id = ?", (writer,)).fetchone()[0] == 4000
+        report = verify_writer_chain(conn, writer)
+    assert report.ok and report.signed_seq == 4000, report.problems
