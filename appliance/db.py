@@ -33,7 +33,8 @@ JobHook = Callable[[sqlite3.Connection], None]
 
 BUSY_TIMEOUT_MS = 10_000
 MAX_GROUP = 256  # jobs folded into one commit at most
-ROWS_PER_STATEMENT = 100
+ROWS_PER_STATEMENT = 500
+WRITER_CACHE_KIB = 32 * 1024
 
 
 def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
@@ -48,6 +49,10 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode = WAL")
         # FULL: the WAL is fsynced at every commit, so a committed scan survives power loss.
         conn.execute("PRAGMA synchronous = FULL")
+        # The writer's page cache: 32 MB rather than 2. Folds touch counter rows and indexes all over
+        # their B-trees; at HQ a million-event replica applied 7 % faster with it (36.0 µs an event
+        # against 38.6), and a Pi has the memory.
+        conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
     return conn
 
 
@@ -55,9 +60,10 @@ def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any
     """``head VALUES (…), (…), … tail`` for up to ROWS_PER_STATEMENT rows per statement.
 
     ``executemany`` steps the statement once per row, and Python's sqlite3 gives up and retakes the
-    GIL around every step; with the event loop busy checking the next batch, each retake waits. One
-    statement per hundred rows runs the inserts in one stretch without the GIL, in parallel with the
-    loop. Statements of each length are prepared once and kept in the connection's statement cache.
+    GIL around every step; with the event loop (or a thread decoding the next page) busy, each retake
+    waits up to the switch interval. One statement per 500 rows (5,500 parameters for an event, far
+    under SQLite's limit) runs the inserts in one stretch without the GIL, beside the other threads.
+    Statements of each length are prepared once and kept in the connection's statement cache.
     """
     if not rows:
         return
