@@ -2,11 +2,11 @@
 
 SQLite allows one writer at a time. Rather than let request threads fight over the write lock, every
 write is a *job* (a function of a connection) handed to a single writer thread. The thread takes every
-job that is waiting, runs each inside its own SAVEPOINT of one ``BEGIN IMMEDIATE`` transaction and
-commits once: many devices' batches share one fsync, which is what keeps a slow SD card from capping
-throughput. A job's caller is answered only after that COMMIT returned, so an acknowledgement always
-means "on disk" (WAL with ``synchronous=FULL``). A job that raises is rolled back to its savepoint
-alone; the others in the group still commit.
+job that is waiting, runs each inside its own SAVEPOINT of one ``BEGIN IMMEDIATE`` transaction (a
+lone job needs none) and commits once: many devices' batches share one fsync, which is what keeps a
+slow SD card from capping throughput. A job's caller is answered only after that COMMIT returned, so
+an acknowledgement always means "on disk" (WAL with ``synchronous=FULL``). A job that raises is rolled
+back alone; the others in the group still commit.
 
 Reads go through per-thread connections that never write (``query_only``); in WAL mode they read the
 last committed state without blocking the writer.
@@ -171,25 +171,35 @@ class Database:
 
     def _run_group(self, conn: sqlite3.Connection, group: list[tuple[Job, Future[Any]]]) -> None:
         outcomes: list[tuple[bool, Any]] = []
+        # A lone job needs no savepoint: if it fails, the whole transaction is rolled back. At a
+        # store's pace writes mostly come one at a time, and that is two statements (two waits for
+        # the GIL) fewer for each.
+        savepoints = len(group) > 1
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job, _future in group:
-                conn.execute("SAVEPOINT job")
+                if savepoints:
+                    conn.execute("SAVEPOINT job")
                 try:
                     result = job(conn)
                     for hook in self._job_hooks:
                         hook(conn)
                 except BaseException as exc:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
+                    if savepoints:
+                        conn.execute("ROLLBACK TO job")
+                        conn.execute("RELEASE job")
+                    elif conn.in_transaction:
+                        conn.execute("ROLLBACK")
                     for forget in self._job_failed_hooks:
                         forget()
                     outcomes.append((False, exc))
                 else:
-                    conn.execute("RELEASE job")
+                    if savepoints:
+                        conn.execute("RELEASE job")
                     outcomes.append((True, result))
-            conn.execute("COMMIT")
-            self.commits += 1
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+                self.commits += 1
         except BaseException as exc:  # the commit itself failed: nothing of the group is on disk
             log.exception("write transaction failed; %d jobs rolled back", len(group))
             if conn.in_transaction:

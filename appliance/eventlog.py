@@ -152,7 +152,9 @@ class EventLog:
         """Store ``event`` after its writer's head and fold it into the projections."""
         self.append_run(conn, [event])
 
-    def append_run(self, conn: sqlite3.Connection, events: Sequence[Event]) -> None:
+    def append_run(
+        self, conn: sqlite3.Connection, events: Sequence[Event], head: tuple[int, bytes] | None = None
+    ) -> None:
         """Store consecutive events of one writer after its head and fold each into the projections.
 
         The same checks as one event at a time — each event must carry the next seq and its
@@ -162,10 +164,12 @@ class EventLog:
         if not events:
             return
         writer_id = events[0].writer_id
-        head = conn.execute("SELECT head_seq, head_hash FROM writers WHERE writer_id = ?", (writer_id,)).fetchone()
-        if head is None:
-            raise NotFound(f"writer {writer_id} is not enrolled", code="UNKNOWN_WRITER")
-        seq, prev = head["head_seq"], head["head_hash"]
+        if head is None:  # ``head``: the writer's (seq, hash), when the caller has just read it
+            row = conn.execute("SELECT head_seq, head_hash FROM writers WHERE writer_id = ?", (writer_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"writer {writer_id} is not enrolled", code="UNKNOWN_WRITER")
+            head = (row["head_seq"], row["head_hash"])
+        seq, prev = head
         for event in events:
             if event.writer_id != writer_id:
                 raise ValueError("a run holds events of one writer")
@@ -226,7 +230,7 @@ class EventLog:
             prev_hash=head["head_hash"],
             occurred_at=wall_ms(),
         )
-        self.append(conn, event)
+        self.append_run(conn, [event], (head["head_seq"], head["head_hash"]))
         self._unsigned = True
         return event
 

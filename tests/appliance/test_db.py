@@ -42,6 +42,16 @@ def test_failing_job_rolls_back_alone(db: Database) -> None:
     assert [r[0] for r in db.read().execute("SELECT n FROM t ORDER BY n")] == [1, 3]
 
 
+def test_a_lone_failing_job_leaves_nothing_and_the_writer_goes_on(db: Database) -> None:
+    bad = db.submit(lambda c: (c.execute("INSERT INTO t VALUES (7)"), c.execute("INSERT INTO t VALUES (7)")))
+    with pytest.raises(sqlite3.IntegrityError):
+        bad.result(5)
+    commits = db.commits
+    assert db.write(lambda c: c.execute("INSERT INTO t VALUES (8)").rowcount) == 1
+    assert db.commits == commits + 1
+    assert [r[0] for r in db.read().execute("SELECT n FROM t ORDER BY n")] == [8]
+
+
 def test_concurrent_writes_share_commits(db: Database) -> None:
     gate = threading.Event()
     db.submit(lambda c: gate.wait(5))
