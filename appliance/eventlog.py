@@ -148,10 +148,6 @@ class EventLog:
         self.listeners: list[Callable[[int, Sequence[Event]], None]] = []
 
     # -- the record path ---------------------------------------------------------------------
-    def append(self, conn: sqlite3.Connection, event: Event) -> None:
-        """Store ``event`` after its writer's head and fold it into the projections."""
-        self.append_run(conn, [event])
-
     def append_run(
         self, conn: sqlite3.Connection, events: Sequence[Event], head: tuple[int, bytes] | None = None
     ) -> None:

@@ -63,7 +63,7 @@ def test_append_refuses_gap_replay_and_broken_chain(box: Box) -> None:
 
     def attempt(seq: int, prev: bytes) -> None:
         event = Event(box.node.node_id, seq, f"01TEST{seq:020d}", "note", {}, box.log.clock.now(), prev)
-        box.db.write(lambda c: box.log.append(c, event))
+        box.db.write(lambda c: box.log.append_run(c, [event]))
 
     with pytest.raises(ChainError) as gap:
         attempt(head["head_seq"] + 2, head["head_hash"])

@@ -9,53 +9,36 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance import replicas
 from appliance.box import open_box
-from appliance.eventlog import enroll_writer, new_id, verify_writer_chain
-from replication.codec import ZERO_HASH, Event, sign_chain_head
+from appliance.eventlog import verify_writer_chain
 from replication.peer_client import Me, PeerClient
 from replication.protocol import pack_page
+from tests.bench.bench_replication import STORE, write_backlog
 from tests.conftest import ServerProcess, make_settings
 
 HQ_SECRET = "hq-secret-for-the-push-test-001"
-STORE = "push-store"
 
 
-def _store_with_scans(data_dir: Path, count: int) -> tuple[Me, list[dict[str, Any]], str]:
-    """A store box's database holding ``count`` chained scans of one handheld, and two pages of them."""
+def _two_pages(data_dir: Path, count: int) -> tuple[Me, list[dict[str, Any]], str]:
+    """A store box whose handheld recorded ``count`` scans (written as the replication bench writes
+    its backlog), its node, and two pages of its log as it would push them to HQ."""
+    write_backlog(data_dir, count)
     box = open_box(make_settings(data_dir, store_id=STORE))
-    key, writer = Ed25519PrivateKey.generate(), new_id()
-    box.db.write(
-        lambda conn: enroll_writer(conn, writer, "device", STORE, "handheld", key.public_key().public_bytes_raw())
-    )
-    prev, events = ZERO_HASH, []
-    for seq in range(1, count + 1):
-        payload = {"session_id": "S-1", "code": f"{2000000000000 + seq % 7}", "qty": 1, "rack_id": "R-1"}
-        event = Event(writer, seq, new_id(), "scan.recorded", payload, box.log.clock.now(), prev, seq)
-        prev = event.hash
-        events.append(event)
-
-    def record(conn: sqlite3.Connection) -> None:
-        box.log.append_run(conn, events)
-        conn.execute(
-            "INSERT INTO chain_heads (writer_id, seq, hash, signature, signed_at) VALUES (?, ?, ?, ?, 0)",
-            (writer, count, prev, sign_chain_head(key, writer, count, prev)),
-        )
-
-    box.db.write(record)
-    conn = box.db.read()
-    first = replicas.delta(conn, STORE, {}, count // 2)
-    sent = {row[0]: row[1] for row in first["events"]}  # what HQ holds once the first page is in
-    second = replicas.delta(conn, STORE, sent, count)
-    me = Me(box.node.node_id, STORE, box.node.key, box.node.public_key)
-    box.close()
-    return me, [first, second], writer
+    try:
+        conn = box.db.read()
+        writer = conn.execute("SELECT writer_id FROM writers WHERE kind = 'device'").fetchone()[0]
+        first = replicas.delta(conn, STORE, {}, count // 2)
+        sent = {row[0]: row[1] for row in first["events"]}  # what HQ holds once the first page is in
+        second = replicas.delta(conn, STORE, sent, count)
+        return Me(box.node.node_id, STORE, box.node.key, box.node.public_key), [first, second], writer
+    finally:
+        box.close()
 
 
 def test_the_second_page_decoded_first_waits_for_the_first(tmp_path: Path) -> None:
-    me, (first, second), writer = _store_with_scans(tmp_path / "box", 4000)
+    me, (first, second), writer = _two_pages(tmp_path / "box", 4000)
     assert writer not in [w[0] for w in second["writers"]]  # only the first page enrols the handheld
     hq = ServerProcess(tmp_path / "hq", "--role", "hq", env={"STOCKVERIFY_HQ_SECRET": HQ_SECRET})
     try:

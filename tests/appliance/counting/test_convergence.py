@@ -237,7 +237,7 @@ def _differences(got: dict[str, Any], want: dict[str, Any]) -> dict[str, Any]:
 def _apply(box: Box, events: list[Event]) -> None:
     def job(conn: sqlite3.Connection) -> None:
         for event in events:
-            box.log.append(conn, event)
+            box.log.append_run(conn, [event])
 
     box.db.write(job)
 
