@@ -73,6 +73,17 @@ def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any
         conn.execute(f"{head} VALUES {', '.join([marks] * len(part))}{tail}", [v for row in part for v in row])
 
 
+def blob(value: bytes) -> bytearray:
+    """``value`` as a parameter for a statement that binds thousands of them.
+
+    Python's sqlite3 binds ``bytes`` (and ``None``) only after looking for an adapter for it, about
+    half a microsecond a parameter with the GIL held; ``bytearray`` it binds at once. The stored BLOB
+    is the same and reads back as ``bytes``. An event's three blobs cost 1.3 to 2.4 µs of its apply
+    this way (measured on pages of 5,000 at HQ).
+    """
+    return bytearray(value)
+
+
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """``BEGIN IMMEDIATE`` … ``COMMIT`` on a connection the caller owns (migrations, CLI tools)."""

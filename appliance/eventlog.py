@@ -18,7 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ulid import ULID
 
-from appliance.db import insert_rows
+from appliance.db import blob, insert_rows
 from appliance.errors import Conflict, NotFound
 from replication.codec import (
     ZERO_HASH,
@@ -196,11 +196,11 @@ class EventLog:
                     e.seq,
                     e.event_id,
                     e.type,
-                    e.payload_bytes,
+                    blob(e.payload_bytes),
                     e.hlc,
                     e.occurred_at,
-                    e.prev_hash,
-                    e.hash,
+                    blob(e.prev_hash),
+                    blob(e.hash),
                     received,
                 )
                 for index, e in enumerate(events)

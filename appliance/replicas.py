@@ -11,10 +11,13 @@ is written in the same transaction as the events, so the cursor can never run ah
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import msgpack
@@ -26,6 +29,8 @@ from replication.hlc import ClockDriftError, wall_ms
 from replication.protocol import API_VERSION, ProtocolError, lacking, row_event
 
 log = logging.getLogger(__name__)
+
+_POS = itemgetter(8)
 
 
 # -- peers ------------------------------------------------------------------------------------------
@@ -122,36 +127,34 @@ def status(conn: sqlite3.Connection, now_ms: int | None = None) -> list[dict[str
 
 # -- the delta --------------------------------------------------------------------------------------
 def delta(conn: sqlite3.Connection, store_id: str, theirs: dict[str, int], limit: int) -> dict[str, Any]:
-    """A page of the events this replica holds above ``theirs``, in arrival order."""
+    """A page of the events this replica holds above ``theirs``, in arrival order.
+
+    Each writer's lacking events are read off the (writer, seq) index from the first one lacking,
+    and the streams merged by log position: rows the other side holds are never read. (Scanning the
+    log from the earliest lacking position and skipping held rows cost a box 20-36 ms of CPU for a
+    page of two events, and a third more for every page while three boxes caught up at once.)
+    """
     ours = version_vector(conn)
-    starts = []
-    for writer, head in ours.items():
-        have = theirs.get(writer, 0)
-        if head > have:
-            row = conn.execute("SELECT pos FROM events WHERE writer_id = ? AND seq = ?", (writer, have + 1)).fetchone()
-            starts.append(row[0])
-    events: list[tuple[Any, ...]] = []
-    cursor = dict(theirs)
-    shipped: dict[str, int] = {}
-    more = False
-    if starts:
+    after = {writer: theirs.get(writer, 0) for writer, head in ours.items() if head > theirs.get(writer, 0)}
+    streams: list[sqlite3.Cursor] = []
+    for writer, have in after.items():
         rows = conn.cursor()
         rows.row_factory = None  # plain tuples: a page reads thousands of rows and packs them as arrays
-        rows.execute(
-            "SELECT writer_id, seq, event_id, type, payload, hlc, occurred_at, prev_hash FROM events"
-            " WHERE pos >= ? ORDER BY pos",
-            (min(starts),),
+        streams.append(
+            rows.execute(
+                "SELECT writer_id, seq, event_id, type, payload, hlc, occurred_at, prev_hash, pos FROM events"
+                " WHERE writer_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (writer, have, limit),
+            )
         )
-        for row in rows:
-            writer, seq = row[0], row[1]
-            if seq <= cursor.get(writer, 0):
-                continue
-            if len(events) == limit:
-                more = True
-                break
-            events.append(row)
-            cursor[writer] = seq
-            shipped[writer] = seq
+    merged: Iterable[tuple[Any, ...]] = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=_POS)
+    events = [row[:8] for row in itertools.islice(merged, limit)]
+    for rows in streams:
+        rows.close()  # no statement left open to hold back the WAL's checkpoint
+    shipped: dict[str, int] = {}
+    for row in events:
+        shipped[row[0]] = row[1]
+    more = sum(ours[writer] - have for writer, have in after.items()) > len(events)
     new_writers = [w for w in shipped if theirs.get(w, 0) == 0]
     writers = [
         list(r)
