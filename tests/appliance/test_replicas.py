@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from appliance import replicas
-from appliance.box import Box
+from appliance.box import Box, open_box
+from appliance.errors import BadRequest
 from appliance.eventlog import enroll_writer, new_id, version_vector
 from replication.codec import ZERO_HASH, Event
+from tests.conftest import make_settings
 
 WRITERS = ("dev-a", "dev-b", "dev-c")
 # Runs of (writer, count) in the order they arrive: the writers' streams interleave in the log.
@@ -87,3 +92,62 @@ def test_a_replica_ahead_of_this_one_is_sent_nothing(box: Box) -> None:
     ahead = {writer: seq + 5 for writer, seq in version_vector(box.db.read()).items()}
     page = _page(box, ahead, 10)
     assert page["events"] == [] and page["writers"] == [] and page["heads"] == [] and not page["more"]
+
+
+def test_prev_hash_travels_only_where_a_run_starts(box: Box) -> None:
+    _log_with_interleaved_writers(box)
+    page = _page(box, {}, 100)
+    before: tuple[str, int] = ("", 0)
+    for row in page["events"]:
+        follows = row[0] == before[0] and row[1] == before[1] + 1
+        assert (row[7] is None) == follows
+        before = (row[0], row[1])
+    # the receiver gets every event back whole: the same hashes the writers chained
+    stored = {(r["writer_id"], r["seq"]): bytes(r["hash"]) for r in box.db.read().execute("SELECT * FROM events")}
+    decoded = [event for run in replicas.incoming(box.node.store_id, page).runs for event in run]
+    assert len(decoded) == len(page["events"])
+    assert all(event.hash == stored[(event.writer_id, event.seq)] for event in decoded)
+
+
+def test_a_row_without_prev_hash_must_follow_its_predecessor(box: Box) -> None:
+    _log_with_interleaved_writers(box)
+    page = _page(box, {}, 100)
+    first_of_a_run = next(i for i, row in enumerate(page["events"]) if i and row[7] is not None)
+    rows = list(page["events"])
+    rows[first_of_a_run] = (*rows[first_of_a_run][:7], None)
+    with pytest.raises(BadRequest) as refused:
+        replicas.incoming(box.node.store_id, {**page, "events": rows})
+    assert refused.value.code == "BAD_PAGE"
+
+
+def test_a_run_partly_held_is_applied_from_where_the_receiver_stands(box: Box, tmp_path: Path) -> None:
+    """The receiver holds the start of a run whose later rows carry no prev_hash: those rows still
+    chain onto what it holds, and nothing is applied twice."""
+    _log_with_interleaved_writers(box)
+    own = {box.node.node_id: version_vector(box.db.read())[box.node.node_id]}
+    other = open_box(make_settings(tmp_path / "other", store_id=box.node.store_id))
+    try:
+        whole = _page(box, {}, 100)  # the box's own events too: they enrol the devices
+        other.db.write(
+            lambda conn: replicas.apply_page(
+                conn,
+                other.log,
+                box.node.store_id,
+                {**whole, "events": [r for r in whole["events"] if r[0] in own]},
+                None,
+            )
+        )
+        first = _page(box, own, 4)
+        assert [(r[0], r[1]) for r in first["events"]] == [("dev-a", 1), ("dev-a", 2), ("dev-a", 3), ("dev-b", 1)]
+        applied = other.db.write(lambda conn: replicas.apply_page(conn, other.log, box.node.store_id, first, None))
+        assert applied == 4
+        # the next page re-sends everything from the start, so dev-a's first run is partly held
+        again = _page(box, own, 100)
+        assert again["events"][4][:2] == ("dev-b", 2) and again["events"][4][7] is None
+        applied = other.db.write(lambda conn: replicas.apply_page(conn, other.log, box.node.store_id, again, None))
+        assert applied == len(again["events"]) - 4
+        ours, theirs = box.db.read(), other.db.read()
+        query = "SELECT writer_id, seq, hash FROM events WHERE writer_id LIKE 'dev-%' ORDER BY writer_id, seq"
+        assert [tuple(r) for r in theirs.execute(query)] == [tuple(r) for r in ours.execute(query)]
+    finally:
+        other.close()

@@ -22,7 +22,7 @@ from appliance.eventlog import enroll_writer, new_id, version_vector
 from appliance.people import User
 from replication.codec import ZERO_HASH, Event
 from replication.hlc import encode
-from replication.protocol import API_VERSION, event_row, pack_page, row_event, unpack_page
+from replication.protocol import API_VERSION, event_row, pack_page, unpack_page
 from tests.conftest import make_settings
 
 WRITERS = ("dev-a", "dev-b", "dev-c")
@@ -129,7 +129,7 @@ def pull(dst: Box, src: Box, store_id: str, limit: int, pages: int | None = None
     while pages is None or taken < pages:
         page = replicas.delta(src.db.read(), store_id, version_vector(dst.db.read()), limit)
         _apply(dst, store_id, page)
-        came.extend(row_event(row) for row in page["events"])
+        came.extend(event for run in replicas.incoming(store_id, page).runs for event in run)
         taken += 1
         if not page["more"]:
             break
