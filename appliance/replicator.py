@@ -41,6 +41,7 @@ Outgoing = tuple[dict[str, Any], bytes, int]  # a page, its packed bytes, how ma
 PEER_BACKOFF = (0.05, 0.15)
 PUSH_WINDOW = 2  # pages on their way to HQ at once
 HQ_BACKOFF = (2.0, 300.0)
+FAILURE_NOTE_EVERY_S = 60.0  # a peer that stays down: its status row is rewritten this often, not per retry
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Link:
     their: dict[str, int] = field(default_factory=dict)  # HQ: what it holds (log) or covers (counters)
     failing: bool = False
     lock_authority: bool = False  # its last hello said it grants the store's locks
+    noted: tuple[str, float] | None = None  # the code of the failure last written to its status row, and when
 
 
 class Replicator:
@@ -157,12 +159,20 @@ class Replicator:
             )  # fmt: skip
             link.failing = True
             node_id, error = link.client.node_id, str(exc)
-            if node_id is not None:
+            # Written when the failure starts or changes and then once a minute: a peer retried every
+            # fraction of a second would otherwise cost a committed write (an fsync on the box's SD
+            # card) per retry for as long as it is down.
+            fresh = (
+                link.noted is None or link.noted[0] != exc.code or loop.time() - link.noted[1] >= FAILURE_NOTE_EVERY_S
+            )
+            if node_id is not None and fresh:
                 await self.box.db.awrite(lambda conn: replicas.note_failure(conn, node_id, error))
+                link.noted = (exc.code, loop.time())
             return
         if link.failing:
             log.info("replication with %s is back", link.url, extra={"peer": link.url})
         link.failing = False
+        link.noted = None
         link.backoff.reset()
         link.due = loop.time() + self.settings.replicate_every_s
 

@@ -308,3 +308,25 @@ def test_a_peer_without_the_store_secret_is_refused(fleet: Fleet) -> None:
     # An unsigned pull is refused before anything is read.
     answer = httpx.post(fleet.boxes["a"].url + "/api/replication/pull", content=b"\x80")
     assert answer.status_code == 401 and answer.json()["code"] == "NODE_SIGNATURE_REQUIRED"
+
+
+def test_a_peer_that_stays_down_is_noted_once_not_at_every_retry(fleet: Fleet) -> None:
+    """A box retries a lost peer every fraction of a second; its status row says so once (and then once
+    a minute), not with a committed write, an fsync on a Pi's SD card, per retry."""
+    link = fleet.links[("a", "b")]
+    sql = "SELECT last_error, last_error_at FROM peers WHERE url = ?"
+    link.cut()
+    try:
+        deadline = time.monotonic() + 10
+        while not fleet.query("a", sql, link.url)[0][1] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        error, first_at = fleet.query("a", sql, link.url)[0]
+        assert error and first_at, "the lost peer's failure is on its status row"
+        seen = set()
+        until = time.monotonic() + 2.0  # a dozen retries at the LAN pace
+        while time.monotonic() < until:
+            seen.add(fleet.query("a", sql, link.url)[0][1])
+            time.sleep(0.05)
+        assert seen == {first_at}
+    finally:
+        link.heal()
