@@ -318,7 +318,7 @@ def test_a_peer_that_stays_down_is_noted_once_not_at_every_retry(fleet: Fleet) -
     link.cut()
     try:
         deadline = time.monotonic() + 10
-        while not fleet.query("a", sql, link.url)[0][1] and time.monotonic() < deadline:
+        while fleet.query("a", sql, link.url)[0][0] is None and time.monotonic() < deadline:
             time.sleep(0.05)
         error, first_at = fleet.query("a", sql, link.url)[0]
         assert error and first_at, "the lost peer's failure is on its status row"
