@@ -15,6 +15,7 @@ last committed state without blocking the writer.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import queue
 import sqlite3
@@ -82,6 +83,41 @@ def blob(value: bytes) -> bytearray:
     this way (measured on pages of 5,000 at HQ).
     """
     return bytearray(value)
+
+
+class _CollectorPause:
+    """Hold Python's cycle collector back while jobs build and drop thousands of objects.
+
+    Applying a replicated page makes some 15,000 tracked objects (rows, events, parameter tuples) that
+    live exactly as long as the job and are freed by reference counting; the collector would walk them
+    several times over meanwhile. Paused around each page, three converging boxes used 7 % less CPU
+    (eight paired runs) and HQ 14 % less (five). HQ decodes one page in a worker thread while its
+    writer applies another, so the pause is counted: the collector resumes when the last holder is
+    done. Cycles other threads make meanwhile wait for its next pass.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._resume = False
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._holders == 0:
+                self._resume = gc.isenabled()
+                gc.disable()
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0 and self._resume:
+                    gc.enable()
+
+
+collector_paused = _CollectorPause()
 
 
 @contextmanager

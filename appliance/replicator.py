@@ -28,6 +28,7 @@ from litestar import Litestar
 
 from appliance import counters, replicas
 from appliance.box import Box
+from appliance.db import collector_paused
 from appliance.eventlog import version_vector
 from replication import protocol
 from replication.peer_client import Me, PeerClient, PeerError
@@ -219,7 +220,8 @@ class Replicator:
                 # more CPU while three caught up at once (threads taking the GIL from one another),
                 # and was no faster with a core free.
                 def apply(conn: Any, page: dict[str, Any] = page, nbytes: int = nbytes) -> int:
-                    return replicas.apply_page(conn, self.box.log, store_id, page, node_id, nbytes)
+                    with collector_paused():
+                        return replicas.apply_page(conn, self.box.log, store_id, page, node_id, nbytes)
 
                 # Noted and handed to the writer in one step of the loop: a page another pull asks for
                 # from this vector is queued behind this one. A page it cannot apply is a person's

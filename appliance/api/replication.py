@@ -19,6 +19,7 @@ from litestar.handlers import HTTPRouteHandler
 
 from appliance import counters, lock_forwarding, replicas
 from appliance.box import Box
+from appliance.db import collector_paused
 from appliance.errors import BadRequest, Forbidden, NotFound, Unauthenticated
 from appliance.eventlog import ChainError, version_vector
 from appliance.hub import Hub
@@ -165,10 +166,16 @@ async def push(request: Request[Any, Any, State], box: Box) -> Response[bytes]:
 
         answer = await target.db.awrite(merge)
     else:
-        checked = await asyncio.to_thread(lambda: replicas.incoming(store_id, page, version_vector(target.db.read())))
+
+        def decode() -> replicas.Incoming:
+            with collector_paused():
+                return replicas.incoming(store_id, page, version_vector(target.db.read()))
+
+        checked = await asyncio.to_thread(decode)
 
         def apply(conn: sqlite3.Connection) -> dict[str, Any]:
-            applied = replicas.apply_page(conn, target.log, store_id, checked, node_id, len(body))
+            with collector_paused():
+                applied = replicas.apply_page(conn, target.log, store_id, checked, node_id, len(body))
             return {"applied": applied, "vector": version_vector(conn)}
 
         answer = await _in_order(target, apply)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 
-from appliance.db import Database, connect
+from appliance.db import Database, collector_paused, connect
 
 
 @pytest.fixture
@@ -74,3 +75,28 @@ def test_answer_comes_after_commit_is_visible(db: Database) -> None:
 def test_readers_cannot_write(db: Database) -> None:
     with pytest.raises(sqlite3.OperationalError):
         db.read().execute("INSERT INTO t VALUES (9)")
+
+
+def test_the_collector_resumes_when_the_last_holder_of_a_pause_is_done() -> None:
+    assert gc.isenabled()
+    decoding, applying = collector_paused(), collector_paused()
+    decoding.__enter__()  # HQ decodes one page in a worker thread ...
+    applying.__enter__()  # ... while its writer applies the one before
+    assert not gc.isenabled()
+    decoding.__exit__(None, None, None)
+    assert not gc.isenabled(), "the writer is still applying"
+    applying.__exit__(None, None, None)
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collector_paused():
+        raise RuntimeError("a page that fails")
+    assert gc.isenabled()
+
+
+def test_a_pause_leaves_a_collector_that_was_off_off() -> None:
+    gc.disable()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
