@@ -196,8 +196,8 @@ def _rows_in(conn: sqlite3.Connection, sql: str, keys: list[str]) -> Iterable[sq
 # -- applying a page --------------------------------------------------------------------------------
 @dataclass
 class Incoming:
-    """A page checked, decoded and hashed: the work on a page that needs no database, done before the
-    page reaches the writer thread so that it can run beside the writing of the page before."""
+    """A page checked, decoded and hashed: the work on a page that needs no database. HQ does it in a
+    worker thread, beside the writing of the page before; a box pulling does it in the writer's job."""
 
     writers: list[tuple[str, str, str, str, bytes]]
     runs: list[list[Event]]
@@ -207,7 +207,7 @@ class Incoming:
 
 def incoming(store_id: str, page: dict[str, Any], held: dict[str, int] | None = None) -> Incoming:
     """Check a page for ``store_id`` and decode its events, leaving out those ``held`` already covers
-    (rows another peer relayed first: when three boxes meet, a third of what each is sent)."""
+    (a run held whole is not decoded at all)."""
     if page.get("store") != store_id:
         raise Forbidden(
             f"page of store {page.get('store')!r} offered to store {store_id!r}", code="WRONG_STORE", details=None
@@ -224,7 +224,7 @@ def incoming(store_id: str, page: dict[str, Any], held: dict[str, int] | None = 
         runs = []
         for rows in _runs(page.get("events") or []):
             have = held.get(rows[0][0], 0)
-            if rows[-1][1] > have:  # a run held whole is not decoded at all
+            if rows[-1][1] > have:
                 runs.append([event for event in _decode_run(rows) if event.seq > have])
         heads = [(str(w), int(seq), bytes(digest), bytes(sig)) for w, seq, digest, sig in page.get("heads") or []]
     except (TypeError, ValueError, IndexError, ProtocolError) as exc:
@@ -284,8 +284,8 @@ def _runs(rows: list[list[Any]]) -> Iterable[list[list[Any]]]:
 
 
 def _decode_run(rows: list[list[Any]]) -> list[Event]:
-    """One writer's consecutive rows as events, each hashed (here, off the writer thread). A row
-    without prev_hash continues the row before it, whose hash it takes."""
+    """One writer's consecutive rows as events, each hashed now. A row without prev_hash continues the
+    row before it, whose hash it takes."""
     events: list[Event] = []
     for row in rows:
         if row[7] is None:

@@ -224,14 +224,14 @@ class Replicator:
                         return replicas.apply_page(conn, self.box.log, store_id, page, node_id, nbytes)
 
                 # Noted and handed to the writer in one step of the loop: a page another pull asks for
-                # from this vector is queued behind this one. A page it cannot apply is a person's
-                # problem, not a retry loop's.
+                # from this vector is queued behind this one.
                 self._coming = _after(self._coming, page)
                 try:
                     applied = await self.box.db.awrite(apply)
-                except Exception as exc:
+                except Exception as exc:  # a page we cannot apply is a person's problem, not a retry loop's
                     self._coming = {}
-                    raise _refused(link, exc) from exc
+                    code = getattr(exc, "code", type(exc).__name__)
+                    raise PeerError(code, f"page from {link.url} refused: {exc}", retryable=False) from exc
                 if applied:
                     log.debug("pulled %d events from %s", applied, link.url)
                 if not more:
@@ -316,12 +316,6 @@ async def replication_lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.replicator = replicator
         async with running(replicator.run(), "replicator"):
             yield
-
-
-def _refused(link: Link, exc: Exception) -> PeerError:
-    """A page this box cannot apply is a person's problem, not a retry loop's."""
-    code = getattr(exc, "code", type(exc).__name__)
-    return PeerError(code, f"page from {link.url} refused: {exc}", retryable=False)
 
 
 def _after(vector: dict[str, int], page: dict[str, Any]) -> dict[str, int]:
