@@ -66,12 +66,18 @@ def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any
     under SQLite's limit) runs the inserts in one stretch without the GIL, beside the other threads.
     Statements of each length are prepared once and kept in the connection's statement cache.
     """
-    if not rows:
-        return
-    marks = "(" + ", ".join("?" * len(rows[0])) + ")"
-    for at in range(0, len(rows), ROWS_PER_STATEMENT):
-        part = rows[at : at + ROWS_PER_STATEMENT]
-        conn.execute(f"{head} VALUES {', '.join([marks] * len(part))}{tail}", [v for row in part for v in row])
+    if rows:
+        insert_values(conn, head, len(rows[0]), [value for row in rows for value in row], tail)
+
+
+def insert_values(conn: sqlite3.Connection, head: str, width: int, values: list[Any], tail: str = "") -> None:
+    """``insert_rows`` for rows given as one flat list of ``width`` values each, for a caller that
+    builds them by the thousand (the event log), so no tuple is made per row only to be unpacked."""
+    marks = "(" + ", ".join("?" * width) + ")"
+    step = ROWS_PER_STATEMENT * width
+    for at in range(0, len(values), step):
+        part = values[at : at + step]
+        conn.execute(f"{head} VALUES {', '.join([marks] * (len(part) // width))}{tail}", part)
 
 
 def blob(value: bytes) -> bytearray:

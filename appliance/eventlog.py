@@ -18,7 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ulid import ULID
 
-from appliance.db import blob, insert_rows
+from appliance.db import blob, insert_values
 from appliance.errors import Conflict, NotFound
 from replication.codec import (
     ZERO_HASH,
@@ -166,6 +166,11 @@ class EventLog:
                 raise NotFound(f"writer {writer_id} is not enrolled", code="UNKNOWN_WRITER")
             head = (row["head_seq"], row["head_hash"])
         seq, prev = head
+        # Plain max() so that SQLite reads it off the end of the primary key (no scan).
+        pos = int(conn.execute("SELECT max(pos) FROM events").fetchone()[0] or 0)
+        first_pos = pos + 1
+        received = wall_ms()
+        values: list[Any] = []  # the statement's parameters, built in the pass that checks the chain
         for event in events:
             if event.writer_id != writer_id:
                 raise ValueError("a run holds events of one writer")
@@ -181,30 +186,26 @@ class EventLog:
                     code="CHAIN_BROKEN",
                     details={"expected_seq": seq + 1},
                 )
-            seq, prev = event.seq, event.hash
-        # Plain max() so that SQLite reads it off the end of the primary key (no scan).
-        first_pos = int(conn.execute("SELECT max(pos) FROM events").fetchone()[0] or 0) + 1
-        received = wall_ms()
-        insert_rows(
+            seq, prev, pos = event.seq, event.hash, pos + 1
+            values += (
+                pos,
+                writer_id,
+                seq,
+                event.event_id,
+                event.type,
+                blob(event.payload_bytes),
+                event.hlc,
+                event.occurred_at,
+                blob(event.prev_hash),
+                blob(prev),
+                received,
+            )
+        insert_values(
             conn,
             "INSERT INTO events (pos, writer_id, seq, event_id, type, payload, hlc, occurred_at, prev_hash, hash,"
             " received_at)",
-            [
-                (
-                    first_pos + index,
-                    writer_id,
-                    e.seq,
-                    e.event_id,
-                    e.type,
-                    blob(e.payload_bytes),
-                    e.hlc,
-                    e.occurred_at,
-                    blob(e.prev_hash),
-                    blob(e.hash),
-                    received,
-                )
-                for index, e in enumerate(events)
-            ],
+            11,
+            values,
         )
         conn.execute("UPDATE writers SET head_seq = ?, head_hash = ? WHERE writer_id = ?", (seq, prev, writer_id))
         apply_run(conn, events)
