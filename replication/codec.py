@@ -186,7 +186,7 @@ class Event:
         # calls alone were a tenth of decoding a replicated page. ``pack`` still says what is wrong.
         if _SCALARS.issuperset(map(type, head)):
             try:
-                return _ARRAY_OF_9 + _ENCODER.encode(head)[1:] + self.payload_bytes
+                return _ARRAY_OF_9 + _ENCODER.encode(head)[1:] + (self._payload_bytes or self.payload_bytes)
             except OverflowError:
                 pass
         return _ARRAY_OF_9 + pack(head)[1:] + self.payload_bytes

@@ -73,16 +73,17 @@ def run_events(rows: list[list[Any]]) -> list[Event]:
     """
     events: list[Event] = []
     before: Event | None = None
+    digest = b""
     try:
         for writer_id, seq, event_id, event_type, payload, hlc, occurred_at, prev_hash in rows:
             if prev_hash is None:
                 if before is None or before.seq + 1 != seq:
                     raise ProtocolError(f"event {writer_id}:{seq} leaves out prev_hash but follows no predecessor")
-                prev_hash = before.hash
+                prev_hash = digest
             # Positional: keywords cost twice as much, and a page builds thousands of these.
             fields = unpack_payload(payload)
             event = Event(writer_id, seq, event_id, event_type, fields, hlc, prev_hash, occurred_at, payload)
-            event.hash  # noqa: B018 -- computed now and cached
+            digest = event.hash  # computed now, and cached
             events.append(event)
             before = event
     except ProtocolError:
