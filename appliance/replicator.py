@@ -322,8 +322,9 @@ def _after(vector: dict[str, int], page: dict[str, Any]) -> dict[str, int]:
     """The vector this replica will hold once ``page`` is applied (its events continue each writer's
     stream, or the page is refused whole)."""
     ahead = dict(vector)
-    for row in page.get("events") or []:
-        writer, seq = row[0], row[1]
+    # A page holds each writer's events in seq order, so the last row of a writer is its highest.
+    last = {row[0]: row[1] for row in page.get("events") or []}
+    for writer, seq in last.items():
         if seq > ahead.get(writer, 0):
             ahead[writer] = seq
     return ahead
