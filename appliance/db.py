@@ -20,6 +20,7 @@ import logging
 import queue
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -147,7 +148,7 @@ class Database:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[tuple[Job, Future[Any]] | _Stop] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Job, Future[Any], bool] | _Stop] = queue.SimpleQueue()
         self._job_hooks: list[JobHook] = []
         self._job_failed_hooks: list[Callable[[], None]] = []
         self._commit_hooks: list[Callable[[], None]] = []
@@ -184,40 +185,53 @@ class Database:
         return conn
 
     # -- writing -------------------------------------------------------------------------------
-    def submit(self, job: Callable[[sqlite3.Connection], T]) -> Future[T]:
+    def submit(self, job: Callable[[sqlite3.Connection], T], *, bulk: bool = False) -> Future[T]:
+        """Queue ``job`` for the writer. A ``bulk`` job (a replicated page: thousands of events) gets a
+        transaction of its own, and the other jobs queued meanwhile are written before it."""
         if self._closed:
             raise RuntimeError("database is closed")
         future: Future[T] = Future()
-        self._jobs.put((job, future))
+        self._jobs.put((job, future, bulk))
         return future
 
     def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``job`` in the writer's transaction; return once its COMMIT is on disk."""
         return self.submit(job).result()
 
-    async def awrite(self, job: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.wrap_future(self.submit(job))
+    async def awrite(self, job: Callable[[sqlite3.Connection], T], *, bulk: bool = False) -> T:
+        return await asyncio.wrap_future(self.submit(job, bulk=bulk))
 
     def _run_writer(self) -> None:
+        """Group commit, with bulk jobs one at a time between the groups.
+
+        Every job queued is folded into one transaction, except bulk jobs: those wait, in the order
+        they came, and each is written alone after the group of whatever else was queued. So a claim
+        or a handheld's batch that arrives while a box catches up waits for the one page being
+        written, not for every page queued (with two peers' pages queued it had waited for both, and
+        shared their commit); and pages still get every other turn however busy the handhelds are.
+        """
         conn = self._writer_conn
-        while True:
-            first = self._jobs.get()
-            if isinstance(first, _Stop):
-                return
-            group = [first]
-            stop_after = False
-            while len(group) < MAX_GROUP:
+        held: deque[tuple[Job, Future[Any]]] = deque()  # bulk jobs, oldest first
+        stopping = False
+        while not stopping or held:
+            group: list[tuple[Job, Future[Any]]] = []
+            block = not held  # wait for work only when none is held back
+            while not stopping and len(group) < MAX_GROUP:
                 try:
-                    item = self._jobs.get_nowait()
+                    item = self._jobs.get(block=block)
                 except queue.Empty:
                     break
+                block = False
                 if isinstance(item, _Stop):
-                    stop_after = True
-                    break
-                group.append(item)
-            self._run_group(conn, group)
-            if stop_after:
-                return
+                    stopping = True
+                elif item[2]:
+                    held.append((item[0], item[1]))
+                else:
+                    group.append((item[0], item[1]))
+            if group:
+                self._run_group(conn, group)
+            if held:
+                self._run_group(conn, [held.popleft()])
 
     def _run_group(self, conn: sqlite3.Connection, group: list[tuple[Job, Future[Any]]]) -> None:
         outcomes: list[tuple[bool, Any]] = []

@@ -227,7 +227,7 @@ class Replicator:
                 # from this vector is queued behind this one.
                 self._coming = _after(self._coming, page)
                 try:
-                    applied = await self.box.db.awrite(apply)
+                    applied = await self.box.db.awrite(apply, bulk=True)
                 except Exception as exc:  # a page we cannot apply is a person's problem, not a retry loop's
                     self._coming = {}
                     code = getattr(exc, "code", type(exc).__name__)

@@ -191,7 +191,7 @@ async def _in_order(target: Box, apply: Callable[[sqlite3.Connection], dict[str,
     while True:
         seen = target.db.commits
         try:
-            return await target.db.awrite(apply)
+            return await target.db.awrite(apply, bulk=True)
         except (ChainError, NotFound) as exc:
             # The page before it brings the missing seqs, or the writer itself.
             if exc.code not in ("SEQUENCE_GAP", "UNKNOWN_WRITER") or loop.time() > deadline:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,45 @@ def test_concurrent_writes_share_commits(db: Database) -> None:
         future.result(5)
     assert db.read().execute("SELECT count(*) FROM t").fetchone()[0] == 100
     assert db.commits - commits_before <= 2  # 101 jobs, at most two fsyncs
+
+
+def test_a_bulk_job_is_written_alone_after_the_jobs_queued_beside_it(db: Database) -> None:
+    """A claim that arrives while replicated pages queue waits for the page being written, not for
+    every page behind it."""
+    started, gate = threading.Event(), threading.Event()
+    db.submit(lambda c: (started.set(), gate.wait(5)))
+    started.wait(5)  # the writer is busy: what follows queues up
+    seen: list[tuple[str, int]] = []
+    pages = [db.submit(lambda c, n=n: seen.append((f"page {n}", db.commits)), bulk=True) for n in (1, 2)]
+    claims = [db.submit(lambda c, n=n: seen.append((f"claim {n}", db.commits))) for n in (1, 2, 3)]
+    gate.set()
+    for future in (*pages, *claims):
+        future.result(5)
+    assert [name for name, _ in seen] == ["claim 1", "claim 2", "claim 3", "page 1", "page 2"]
+    commits = [at for _, at in seen]
+    assert commits[0] == commits[1] == commits[2]  # the claims share one commit
+    assert commits[3] == commits[2] + 1 and commits[4] == commits[3] + 1  # each page has its own
+
+
+def test_pages_are_written_however_busy_the_other_writers_are(db: Database) -> None:
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            db.write(lambda c: c.execute("INSERT INTO t VALUES (NULL)"))
+
+    writers = [threading.Thread(target=busy) for _ in range(4)]
+    for writer in writers:
+        writer.start()
+    try:
+        pages = [db.submit(lambda c: time.sleep(0.01), bulk=True) for _ in range(5)]
+        for page in pages:
+            page.result(10)  # a page held back for as long as other jobs queue would time out here
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join(10)
+    assert db.read().execute("SELECT count(*) FROM t").fetchone()[0] > 0
 
 
 def test_answer_comes_after_commit_is_visible(db: Database) -> None:
