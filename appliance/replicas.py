@@ -50,6 +50,20 @@ def enrol_peer(
     )
 
 
+def enrolled(
+    conn: sqlite3.Connection, node_id: str, store_id: str, role: str, public_key: bytes, url: str = ""
+) -> bool:
+    """Whether ``enrol_peer`` would change nothing: a box that restarts says hello to every peer again,
+    and a hello that needs no write does not wait behind the pages the writer is busy with."""
+    row = peer(conn, node_id)
+    return (
+        row is not None
+        and bytes(row["public_key"]) == public_key
+        and (row["store_id"], row["role"]) == (store_id, role)
+        and url in ("", row["url"])
+    )
+
+
 def peer(conn: sqlite3.Connection, node_id: str) -> sqlite3.Row | None:
     row: sqlite3.Row | None = conn.execute("SELECT * FROM peers WHERE node_id = ?", (node_id,)).fetchone()
     return row

@@ -189,7 +189,8 @@ class Replicator:
             link.client.node_id = None
             raise PeerError("WRONG_ROLE", f"{link.url} is a {answer.get('role')}, not a {expected}", retryable=False)
         store_id = self.me.store_id
-        await self.box.db.awrite(lambda conn: replicas.enrol_peer(conn, node_id, store_id, expected, key, link.url))
+        if not replicas.enrolled(self.box.db.read(), node_id, store_id, expected, key, link.url):
+            await self.box.db.awrite(lambda conn: replicas.enrol_peer(conn, node_id, store_id, expected, key, link.url))
         link.lock_authority = link.kind == "peer" and answer.get("lock_authority") is True
         if link.kind == "hq":
             link.their = dict(answer["covered"] if self.settings.hq_mode == counters.MODE else answer["vector"])

@@ -70,6 +70,11 @@ async def _caller(request: Request[Any, Any, State], box: Box, body: bytes) -> t
     return row, target
 
 
+async def _enrol(box: Box, node_id: str, store_id: str, role: str, public_key: bytes, url: str) -> None:
+    if not replicas.enrolled(box.db.read(), node_id, store_id, role, public_key, url):
+        await box.db.awrite(lambda conn: replicas.enrol_peer(conn, node_id, store_id, role, public_key, url))
+
+
 @post("/api/replication/hello", opt={"node": True}, status_code=200)
 async def hello(request: Request[Any, Any, State], box: Box) -> Response[bytes]:
     """Enrol a node that proves it belongs to this store (or, at HQ, to a store HQ serves)."""
@@ -100,11 +105,11 @@ async def hello(request: Request[Any, Any, State], box: Box) -> Response[bytes]:
         raise Forbidden(f"only store boxes enrol here, not {role!r}", code="NOT_ENROLLED")
     if not protocol.proof_ok(secret, store_id, node_id, public_key, proof):
         raise Forbidden("the enrolment proof does not match this box's secret", code="NOT_ENROLLED")
-    await box.db.awrite(lambda conn: replicas.enrol_peer(conn, node_id, store_id, peer_role, public_key, url))
+    await _enrol(box, node_id, store_id, peer_role, public_key, url)
     target = box
     if hub is not None:
         target = await asyncio.to_thread(hub.replica, store_id)
-        await target.db.awrite(lambda conn: replicas.enrol_peer(conn, node_id, store_id, peer_role, public_key, url))
+        await _enrol(target, node_id, store_id, peer_role, public_key, url)
     conn = target.db.read()
     answer = {
         "node_id": box.node.node_id,

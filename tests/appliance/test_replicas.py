@@ -141,3 +141,17 @@ def test_a_run_partly_held_is_applied_from_where_the_receiver_stands(box: Box, t
         assert [tuple(r) for r in theirs.execute(query)] == [tuple(r) for r in ours.execute(query)]
     finally:
         other.close()
+
+
+def test_a_node_enrolled_as_it_says_needs_no_write(box: Box) -> None:
+    """A box that restarts says hello again; only a hello that changes something is written."""
+    key = bytes(range(32))
+    store = box.node.store_id
+    assert not replicas.enrolled(box.db.read(), "node-b", store, "box", key, "http://b:8080")
+    box.db.write(lambda conn: replicas.enrol_peer(conn, "node-b", store, "box", key, "http://b:8080"))
+    conn = box.db.read()
+    assert replicas.enrolled(conn, "node-b", store, "box", key, "http://b:8080")
+    assert replicas.enrolled(conn, "node-b", store, "box", key)  # no url said: the one known stands
+    assert not replicas.enrolled(conn, "node-b", store, "box", key, "http://b:9090")  # moved
+    assert not replicas.enrolled(conn, "node-b", store, "hq", key, "http://b:8080")
+    assert not replicas.enrolled(conn, "node-b", store, "box", bytes(32), "http://b:8080")  # refused by the write
