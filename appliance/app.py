@@ -17,7 +17,6 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import ControllerRouterHandler
 
 from appliance import __version__
-from appliance import locks as locks_domain
 from appliance.api import (
     conflicts,
     devices,
@@ -36,15 +35,16 @@ from appliance.api import hq as hq_api
 from appliance.api import log as log_api
 from appliance.api import replication as replication_api
 from appliance.api.deps import authorize, provide_box, provide_device, provide_user
+from appliance.auth.people import LoginThrottle, Passwords
 from appliance.box import Box
+from appliance.counting import locks as locks_domain
 from appliance.errors import StockVerifyError
-from appliance.hub import Hub
-from appliance.lock_forwarding import lock_forwarding_lifespan
-from appliance.people import LoginThrottle, Passwords
-from appliance.replicator import replication_lifespan
+from appliance.hq.hub import Hub
+from appliance.replica.lock_forwarding import lock_forwarding_lifespan
 from replication.discovery import mdns_lifespan
-from replication.hlc import wall_ms
+from replication.peers.replicator import replication_lifespan
 from replication.tasks import running
+from replication.wire.hlc import wall_ms
 from web import routes as web_routes
 
 log = logging.getLogger(__name__)

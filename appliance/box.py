@@ -15,15 +15,17 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 # Importing the domain modules registers their projectors with the event log.
-from appliance import counting, devices, layout, locks, people, products  # noqa: F401
-from appliance.db import Database, connect
+from appliance import counting  # noqa: F401
+from appliance.auth import devices, people  # noqa: F401
+from appliance.catalog import layout, products  # noqa: F401
 from appliance.errors import Unavailable
-from appliance.eventlog import EventLog, enroll_writer, new_id
-from appliance.identity import Node, insert_node, load_or_create_key, public_bytes, read_node
-from appliance.live import EventBus, LogTap
-from appliance.migrations import migrate
 from appliance.settings import Settings
-from replication.hlc import HybridClock
+from appliance.store.db import Database, connect
+from appliance.store.eventlog import EventLog, enroll_writer, new_id
+from appliance.store.identity import Node, insert_node, load_or_create_key, public_bytes, read_node
+from appliance.store.live import EventBus, LogTap
+from appliance.store.migrations import migrate
+from replication.wire.hlc import HybridClock
 
 log = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ def serve(config: Path | None, **flags: Any) -> None:
     configure_logging(settings.log_level)
     box = open_box(settings)
     if settings.demo:
-        from appliance.demo import seed_demo
+        from appliance.demo.seed import seed_demo
 
         seed_demo(box)
     log.info(
@@ -110,7 +110,7 @@ def user_add(
     config: Path | None, data_dir: Path | None, username: str, role: str, display_name: str, password: str
 ) -> None:
     """Add a user with a role."""
-    from appliance import people
+    from appliance.auth import people
     from appliance.box import open_box
     from appliance.errors import StockVerifyError
 
@@ -139,8 +139,8 @@ def products() -> None:
 @click.option("--dry-run", is_flag=True, help="check the file and show its errors; import nothing")
 def products_import(config: Path | None, data_dir: Path | None, file: Path, dry_run: bool) -> None:
     """Import products from a CSV or XLSX file, all rows or none."""
-    from appliance import products as catalog
     from appliance.box import open_box
+    from appliance.catalog import products as catalog
     from appliance.errors import StockVerifyError
 
     settings = _settings(config, data_dir=data_dir)
@@ -166,8 +166,8 @@ def products_import(config: Path | None, data_dir: Path | None, file: Path, dry_
 @config_option
 def rebuild(config: Path | None, data_dir: Path | None) -> None:
     """Drop every projection and refold it from the event log."""
-    from appliance import eventlog
     from appliance.box import open_box
+    from appliance.store import eventlog
 
     box = open_box(_settings(config, data_dir=data_dir))
     try:
@@ -196,10 +196,10 @@ def doctor(config: Path | None, data_dir: Path | None, as_json: bool) -> None:
         sys.exit(1)
 
 
-from replication.device_cli import device  # noqa: E402  (registered last: the device group is its own module)
+from replication.device.cli import device  # noqa: E402  (registered last: the device group is its own module)
 
 main.add_command(device)
 
-from appliance.hq_cli import hq  # noqa: E402  (HQ staff's commands, a module of their own like device)
+from appliance.hq.cli import hq  # noqa: E402  (HQ staff's commands, a module of their own like device)
 
 main.add_command(hq)

@@ -10,10 +10,10 @@ import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from appliance.eventlog import verify_writer_chain
-from appliance.identity import KEY_FILE, load_or_create_key, public_bytes
-from appliance.migrations import LATEST, current_version
 from appliance.settings import Settings
+from appliance.store.eventlog import verify_writer_chain
+from appliance.store.identity import KEY_FILE, load_or_create_key, public_bytes
+from appliance.store.migrations import LATEST, current_version
 
 DISK_WARN_BYTES = 1024**3
 DISK_FAIL_BYTES = 200 * 1024**2

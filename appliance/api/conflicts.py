@@ -10,10 +10,10 @@ from litestar import get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 
+from appliance.auth.people import User
 from appliance.box import Box
 from appliance.counting import conflicts, items
 from appliance.errors import ValidationFailed
-from appliance.people import User
 
 
 class Resolution(msgspec.Struct, forbid_unknown_fields=True):

@@ -11,11 +11,11 @@ from litestar.datastructures import State
 from litestar.handlers.base import BaseRouteHandler
 
 from appliance.api.live import user_for_ticket
+from appliance.auth.devices import Device, device_for_token
+from appliance.auth.people import User, user_for_token
+from appliance.auth.permissions import PUBLIC_PREFIXES, allowed
 from appliance.box import Box
-from appliance.devices import Device, device_for_token
 from appliance.errors import Forbidden, NotFound, Unauthenticated
-from appliance.people import User, user_for_token
-from appliance.permissions import PUBLIC_PREFIXES, allowed
 
 
 def provide_box(state: State) -> Box:

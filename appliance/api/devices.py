@@ -13,10 +13,10 @@ from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 
-from appliance import devices
+from appliance.auth import devices
+from appliance.auth.people import LoginThrottle, User
 from appliance.box import Box
 from appliance.errors import ValidationFailed
-from appliance.people import LoginThrottle, User
 
 PAIRING_DIGITS = 6
 

@@ -21,12 +21,12 @@ from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody, RawBody
 
-from appliance import products
 from appliance.api.runs import NewRun, run_view
+from appliance.auth.people import User
+from appliance.catalog import products
 from appliance.counting import runs
 from appliance.errors import NotFound
-from appliance.hub import Hub
-from appliance.people import User
+from appliance.hq.hub import Hub
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from litestar import get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 
-from appliance import layout
 from appliance.box import Box
+from appliance.catalog import layout
 
 
 class NewFloor(msgspec.Struct, forbid_unknown_fields=True):

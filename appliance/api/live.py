@@ -21,10 +21,10 @@ from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from appliance import live
+from appliance.auth.people import User, get_user
 from appliance.box import Box
 from appliance.errors import Unauthenticated, ValidationFailed
-from appliance.people import User, get_user
+from appliance.store import live
 
 TICKET_TTL_S = 30
 _MAX_TICKETS = 10_000

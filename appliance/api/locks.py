@@ -1,7 +1,7 @@
 """Rack claims and moves, session locks, and the rack board of a run.
 
 Claims, the holder's moves and session locks are granted by the store's lock authority: at any other
-box they are forwarded to it (``appliance.lock_forwarding``) and its answer is handed on unchanged."""
+box they are forwarded to it (``appliance.replica.lock_forwarding``) and its answer is handed on unchanged."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 
-from appliance import lock_forwarding, locks
+from appliance.auth.people import User
+from appliance.auth.permissions import allowed
 from appliance.box import Box
-from appliance.counting import conflicts
-from appliance.lock_forwarding import LockOp
-from appliance.people import User
-from appliance.permissions import allowed
+from appliance.counting import conflicts, locks
+from appliance.replica import lock_forwarding
+from appliance.replica.lock_forwarding import LockOp
 
 
 class Claim(msgspec.Struct, forbid_unknown_fields=True):

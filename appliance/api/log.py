@@ -8,8 +8,8 @@ from litestar import get
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import Parameter
 
-from appliance import eventlog
 from appliance.box import Box
+from appliance.store import eventlog
 
 
 def _event_dict(event: Any) -> dict[str, Any]:

@@ -12,11 +12,11 @@ from litestar import Response, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import Parameter, RawBody
 
-from appliance import products
+from appliance.auth.people import User
+from appliance.auth.permissions import allowed
 from appliance.box import Box
+from appliance.catalog import products
 from appliance.errors import NotFound
-from appliance.people import User
-from appliance.permissions import allowed
 
 
 def _sees_expected(user: User) -> bool:

@@ -17,14 +17,15 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 
-from appliance import counters, lock_forwarding, replicas
 from appliance.box import Box
-from appliance.db import collector_paused
 from appliance.errors import BadRequest, Forbidden, NotFound, Unauthenticated
-from appliance.eventlog import ChainError, version_vector
-from appliance.hub import Hub
-from replication import protocol
-from replication.hlc import wall_ms
+from appliance.hq.hub import Hub
+from appliance.replica import counters, lock_forwarding
+from appliance.replica import store as replicas
+from appliance.store.db import collector_paused
+from appliance.store.eventlog import ChainError, version_vector
+from replication.wire import protocol
+from replication.wire.hlc import wall_ms
 
 MSGPACK = "application/msgpack"
 DEFAULT_PAGE = 2000

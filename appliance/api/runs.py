@@ -11,9 +11,9 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody, Parameter
 
 from appliance.api.deps import user_id_for
+from appliance.auth.people import User
 from appliance.box import Box
 from appliance.counting import activity, conflicts, rollups, runs, sessions, variance
-from appliance.people import User
 
 
 class NewRun(msgspec.Struct, forbid_unknown_fields=True):

@@ -11,10 +11,10 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 
 from appliance.api.deps import bearer_token
+from appliance.auth.people import LoginThrottle, Passwords, User, find_login, issue_token, revoke_token
+from appliance.auth.permissions import PERMISSIONS, allowed
 from appliance.box import Box
 from appliance.errors import Unauthenticated
-from appliance.people import LoginThrottle, Passwords, User, find_login, issue_token, revoke_token
-from appliance.permissions import PERMISSIONS, allowed
 
 
 class LoginForm(msgspec.Struct, forbid_unknown_fields=True):

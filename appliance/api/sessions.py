@@ -16,11 +16,11 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 
 from appliance.api.deps import user_id_for
+from appliance.auth.people import User
+from appliance.auth.permissions import allowed
 from appliance.box import Box
 from appliance.counting import items, rollups, sessions
 from appliance.errors import Forbidden, NotFound
-from appliance.people import User
-from appliance.permissions import allowed
 
 
 class Assign(msgspec.Struct, forbid_unknown_fields=True):

@@ -10,11 +10,13 @@ from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 
-from appliance import devices, lock_forwarding, locks, sync
+from appliance.auth import devices
+from appliance.auth.devices import Device
 from appliance.box import Box
-from appliance.counting import items, rollups, sessions
-from appliance.devices import Device
+from appliance.counting import ingest as sync
+from appliance.counting import items, locks, rollups, sessions
 from appliance.errors import Forbidden
+from appliance.replica import lock_forwarding
 
 
 class Heartbeat(msgspec.Struct, forbid_unknown_fields=True):

@@ -10,10 +10,10 @@ from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 
-from appliance import people
+from appliance.auth import people
+from appliance.auth.people import Passwords
 from appliance.box import Box
 from appliance.counting.sessions import COUNTING_ROLES
-from appliance.people import Passwords
 
 
 class NewUser(msgspec.Struct, forbid_unknown_fields=True):

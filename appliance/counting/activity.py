@@ -11,10 +11,10 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from appliance.counting.locks import EVENT_STATE
 from appliance.counting.runs import get_run
-from appliance.locks import EVENT_STATE
-from replication.codec import unpack
-from replication.hlc import LOGICAL_BITS, wall_ms
+from replication.wire.codec import unpack
+from replication.wire.hlc import LOGICAL_BITS, wall_ms
 
 MINUTE_MS = 60_000
 MAX_MINUTES = 24 * 60

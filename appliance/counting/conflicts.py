@@ -19,11 +19,11 @@ import sqlite3
 from collections.abc import Collection
 from typing import Any
 
+from appliance.auth.people import User
 from appliance.counting import items
 from appliance.errors import NotFound, ValidationFailed
-from appliance.eventlog import EventLog, projection_tables, projector
-from appliance.people import User
-from replication.codec import Event, unpack
+from appliance.store.eventlog import EventLog, projection_tables, projector
+from replication.wire.codec import Event, unpack
 
 projection_tables("conflict_resolutions")
 

@@ -17,13 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from appliance import products
+from appliance.auth.people import User
+from appliance.catalog import products
 from appliance.counting.sessions import _require_actor, get_session
-from appliance.db import insert_rows
 from appliance.errors import Conflict, NotFound, ValidationFailed
-from appliance.eventlog import EventLog, projection_tables, projector, run_projector
-from appliance.people import User
-from replication.codec import Event
+from appliance.store.db import insert_rows
+from appliance.store.eventlog import EventLog, projection_tables, projector, run_projector
+from replication.wire.codec import Event
 
 projection_tables(
     "scan_counts",
@@ -118,7 +118,7 @@ def record_scan(
         raise ValidationFailed(f"code must be 1-{MAX_CODE} characters", details={"field": "code"})
     if product_id is not None:
         _product(conn, product_id)
-    from appliance.locks import lease_token  # locks builds on this package; imported late
+    from appliance.counting.locks import lease_token  # locks builds on this package; imported late
 
     rack_id = _session_rack(conn, session, rack_code)
     payload = {
@@ -169,7 +169,7 @@ def undo_scan(
 
 
 def _unpack(data: bytes) -> dict[str, Any]:
-    from replication.codec import unpack
+    from replication.wire.codec import unpack
 
     value: dict[str, Any] = unpack(data)
     return value

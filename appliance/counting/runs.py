@@ -11,11 +11,11 @@ import io
 import sqlite3
 from typing import Any
 
+from appliance.auth.people import User
 from appliance.counting.lifecycle import RUN_RANK, TERMINAL_SESSION, run_can_move
 from appliance.errors import Conflict, NotFound, ValidationFailed
-from appliance.eventlog import EventLog, new_id, projection_tables, projector
-from appliance.people import User
-from replication.codec import Event
+from appliance.store.eventlog import EventLog, new_id, projection_tables, projector
+from replication.wire.codec import Event
 
 projection_tables("runs", "run_products", "run_racks", "run_expected")
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from appliance.auth.people import User
 from appliance.counting.lifecycle import ACTIVE_SESSION, SESSION_ACTIONS, SESSION_RANK, session_can
 from appliance.counting.runs import get_run
 from appliance.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from appliance.eventlog import EventLog, new_id, projection_tables, projector
-from appliance.people import User
-from replication.codec import Event
+from appliance.store.eventlog import EventLog, new_id, projection_tables, projector
+from replication.wire.codec import Event
 
 projection_tables("sessions", "session_racks", "session_products")
 

@@ -12,14 +12,14 @@ import sqlite3
 from collections import defaultdict
 from typing import Any
 
+from appliance.auth.people import User
 from appliance.counting.rollups import approved_counts, directed_products
 from appliance.counting.runs import get_run
 from appliance.counting.sessions import check_counter, create_session
 from appliance.errors import Conflict, NotFound, ValidationFailed
-from appliance.eventlog import EventLog, projection_tables, projector
-from appliance.people import User
-from replication.codec import Event
-from replication.hlc import physical_ms
+from appliance.store.eventlog import EventLog, projection_tables, projector
+from replication.wire.codec import Event
+from replication.wire.hlc import physical_ms
 
 projection_tables("tolerances", "variance_decisions")
 

@@ -6,10 +6,10 @@ import pytest
 
 from appliance.box import open_box
 from appliance.errors import Unavailable
-from appliance.eventlog import verify_writer_chain
-from appliance.identity import KEY_FILE, public_bytes
-from appliance.migrations import LATEST, current_version
 from appliance.settings import Settings
+from appliance.store.eventlog import verify_writer_chain
+from appliance.store.identity import KEY_FILE, public_bytes
+from appliance.store.migrations import LATEST, current_version
 
 
 def test_first_start_creates_store_key_and_schema(settings: Settings) -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance import counters
+from appliance.auth.people import User
 from appliance.box import Box
 from appliance.counting import items, sessions
-from appliance.people import User
+from appliance.replica import counters
 from tests.replication.store_replicas import Template, build_template, open_replica
 
 

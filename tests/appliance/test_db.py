@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.db import Database, collector_paused, connect
+from appliance.store.db import Database, collector_paused, connect
 
 
 @pytest.fixture

@@ -6,11 +6,11 @@ import sqlite3
 
 import pytest
 
-from appliance import layout
 from appliance.box import Box
+from appliance.catalog import layout
 from appliance.errors import Conflict
-from appliance.eventlog import ChainError, rebuild, row_to_event, verify_writer_chain, version_vector
-from replication.codec import ZERO_HASH, Event, verify_chain_head
+from appliance.store.eventlog import ChainError, rebuild, row_to_event, verify_writer_chain, version_vector
+from replication.wire.codec import ZERO_HASH, Event, verify_chain_head
 
 
 def _add_layout(box: Box) -> None:

@@ -15,9 +15,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ulid import ULID
 
-from appliance.identity import public_bytes
-from replication.codec import ZERO_HASH, Event, sign_chain_head
-from replication.hlc import HybridClock
+from appliance.store.identity import public_bytes
+from replication.wire.codec import ZERO_HASH, Event, sign_chain_head
+from replication.wire.hlc import HybridClock
 from tests.conftest import DEMO_PASSWORDS, ServerProcess
 
 CLAIMANTS = 20

@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 
 from appliance.box import open_box
-from appliance.db import connect
-from appliance.eventlog import verify_writer_chain
-from appliance.migrations import LATEST, MIGRATIONS, current_version, migrate
+from appliance.store.db import connect
+from appliance.store.eventlog import verify_writer_chain
+from appliance.store.migrations import LATEST, MIGRATIONS, current_version, migrate
 from tests.conftest import ServerProcess, make_settings
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "m001_store"

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from appliance.app import API_ROUTES
-from appliance.permissions import PERMISSIONS, ROLES
+from appliance.auth.permissions import PERMISSIONS, ROLES
 from tests.conftest import DEMO_PASSWORDS, ServerProcess
 
 

@@ -10,15 +10,16 @@ from typing import Any
 
 import openpyxl
 import pytest
+from appliance.demo.catalog import FORMS, README_CODE, write_demo_products
+from appliance.demo.catalog import examples as demo_examples
 from litestar.testing import TestClient
 
-from appliance import people, products
 from appliance.app import create_app
+from appliance.auth import people
 from appliance.box import Box
-from appliance.demo_catalog import FORMS, README_CODE, write_demo_products
-from appliance.demo_catalog import examples as demo_examples
+from appliance.catalog import products
 from appliance.errors import Conflict, ValidationFailed
-from appliance.eventlog import new_id, rebuild
+from appliance.store.eventlog import new_id, rebuild
 from tests.conftest import ServerProcess
 
 HEADER = "sku,barcodes,name,category,subcategory,uom,mrp,expected_qty"

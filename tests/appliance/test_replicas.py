@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from appliance import replicas
 from appliance.box import Box, open_box
 from appliance.errors import BadRequest
-from appliance.eventlog import enroll_writer, new_id, version_vector
-from replication.codec import ZERO_HASH, Event
+from appliance.replica import store as replicas
+from appliance.store.eventlog import enroll_writer, new_id, version_vector
+from replication.wire.codec import ZERO_HASH, Event
 from tests.conftest import make_settings
 
 WRITERS = ("dev-a", "dev-b", "dev-c")

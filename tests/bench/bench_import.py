@@ -15,9 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from appliance import products
+from appliance.demo.catalog import write_demo_products
+
 from appliance.box import open_box
-from appliance.demo_catalog import write_demo_products
+from appliance.catalog import products
 from appliance.settings import load_settings
 
 ROWS = 5000

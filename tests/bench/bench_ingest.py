@@ -2,7 +2,7 @@
 
 A demo box runs as its own process. Twenty handhelds are paired with it, each with a verifier and a
 session of its own. Their events are real: chained, hashed and head-signed exactly as a device makes
-them (``replication.transport.batch_body``), encoded as msgpack before the clock starts, so that the
+them (``replication.device.transport.batch_body``), encoded as msgpack before the clock starts, so that the
 figures are the box's and not the load generator's. Four figures:
 
 * ``ingest_events_per_s`` — all 20 devices send batches of 500 back to back, each device in order
@@ -36,12 +36,12 @@ import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ulid import ULID
 
-from appliance.db import connect
-from replication import transport
-from replication.codec import ZERO_HASH, Event
-from replication.hlc import wall_ms
-from replication.outbox import Identity, Outbox
-from replication.sender import Sender
+from appliance.store.db import connect
+from replication.device import transport
+from replication.device.outbox import Identity, Outbox
+from replication.device.sender import Sender
+from replication.wire.codec import ZERO_HASH, Event
+from replication.wire.hlc import wall_ms
 from tests.conftest import DEMO_PASSWORDS, ServerProcess
 
 DEVICES = 20

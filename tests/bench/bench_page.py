@@ -27,11 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from appliance import replicas
 from appliance.box import open_box
-from appliance.db import collector_paused, connect
-from appliance.eventlog import version_vector
-from replication import protocol
+from appliance.replica import store as replicas
+from appliance.store.db import collector_paused, connect
+from appliance.store.eventlog import version_vector
+from replication.wire import protocol
 from tests.bench.bench_replication import STORE, write_backlog
 from tests.conftest import make_settings
 

@@ -30,12 +30,13 @@ import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import tests.conftest
-from appliance import counters, replicas
 from appliance.box import open_box
-from appliance.db import connect
-from appliance.eventlog import enroll_writer, new_id
-from replication.codec import ZERO_HASH, Event, sign_chain_head
-from replication.protocol import pack_page
+from appliance.replica import counters
+from appliance.replica import store as replicas
+from appliance.store.db import connect
+from appliance.store.eventlog import enroll_writer, new_id
+from replication.wire.codec import ZERO_HASH, Event, sign_chain_head
+from replication.wire.protocol import pack_page
 from tests.conftest import ServerProcess, free_port, make_settings
 from tests.replication.faults import LinkProxy
 

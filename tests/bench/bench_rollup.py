@@ -17,11 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from appliance import people
+from appliance.demo.seed import seed_demo
+
+from appliance.auth import people
+from appliance.auth.people import User
 from appliance.box import open_box
 from appliance.counting import items, rollups, runs, sessions
-from appliance.demo import seed_demo
-from appliance.people import User
 from appliance.settings import load_settings
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import tests.conftest
-from replication import transport
-from replication.outbox import Identity, Outbox
+from replication.device import transport
+from replication.device.outbox import Identity, Outbox
 from tests.conftest import DEMO_PASSWORDS, ServerProcess
 
 MAIN = Path(__file__).resolve().parents[2]

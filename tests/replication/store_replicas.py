@@ -15,14 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance import layout, people, products, replicas
+from appliance.auth import people
+from appliance.auth.people import User
 from appliance.box import Box, open_box
+from appliance.catalog import layout, products
 from appliance.counting import runs, sessions
-from appliance.eventlog import enroll_writer, new_id, version_vector
-from appliance.people import User
-from replication.codec import ZERO_HASH, Event
-from replication.hlc import encode
-from replication.protocol import API_VERSION, event_row, pack_page, unpack_page
+from appliance.replica import store as replicas
+from appliance.store.eventlog import enroll_writer, new_id, version_vector
+from replication.wire.codec import ZERO_HASH, Event
+from replication.wire.hlc import encode
+from replication.wire.protocol import API_VERSION, event_row, pack_page, unpack_page
 from tests.conftest import make_settings
 
 WRITERS = ("dev-a", "dev-b", "dev-c")

@@ -8,8 +8,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.identity import public_bytes
-from replication.codec import (
+from appliance.store.identity import public_bytes
+from replication.wire.codec import (
     ZERO_HASH,
     CodecError,
     Event,

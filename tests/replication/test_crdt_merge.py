@@ -20,12 +20,12 @@ from crdts import CounterSet, LWWRegister, ORSet, ScalarClock, StateUpdate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance import counters
 from appliance.box import Box
 from appliance.counting import items
-from appliance.eventlog import ChainError, version_vector
-from replication.codec import Event
-from replication.protocol import pack_page, unpack_page
+from appliance.replica import counters
+from appliance.store.eventlog import ChainError, version_vector
+from replication.wire.codec import Event
+from replication.wire.protocol import pack_page, unpack_page
 from tests.replication.store_replicas import (
     CODE_SKUS,
     SKUS,

@@ -24,10 +24,10 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from replication import transport
-from replication.codec import Event, pack
-from replication.device_cli import device
-from replication.outbox import Identity, Outbox
+from replication.device import transport
+from replication.device.cli import device
+from replication.device.outbox import Identity, Outbox
+from replication.wire.codec import Event, pack
 from tests.conftest import ServerProcess
 from tests.replication.conftest import (
     CountingBox,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from replication.hlc import ClockDriftError, HybridClock, encode, physical_ms
+from replication.wire.hlc import ClockDriftError, HybridClock, encode, physical_ms
 
 
 def test_monotonic_when_the_wall_clock_goes_back() -> None:

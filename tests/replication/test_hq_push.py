@@ -10,11 +10,11 @@ from typing import Any
 
 import aiohttp
 
-from appliance import replicas
 from appliance.box import open_box
-from appliance.eventlog import verify_writer_chain
-from replication.peer_client import Me, PeerClient
-from replication.protocol import pack_page
+from appliance.replica import store as replicas
+from appliance.store.eventlog import verify_writer_chain
+from replication.peers.client import Me, PeerClient
+from replication.wire.protocol import pack_page
 from tests.bench.bench_replication import STORE, write_backlog
 from tests.conftest import ServerProcess, make_settings
 

@@ -18,10 +18,10 @@ import httpx
 import pytest
 
 import tests.conftest
-from appliance.identity import load_or_create_key
 from appliance.settings import SettingsError, load_settings
-from replication import protocol
-from replication.hlc import wall_ms
+from appliance.store.identity import load_or_create_key
+from replication.wire import protocol
+from replication.wire.hlc import wall_ms
 from tests.conftest import DEMO_PASSWORDS, ServerProcess, free_port
 from tests.replication.faults import LinkProxy
 

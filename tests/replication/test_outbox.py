@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from replication.codec import ZERO_HASH, verify_chain
-from replication.hlc import LOGICAL_BITS
-from replication.outbox import Identity, Mark, NotPaired, Outbox
-from replication.payloads import PayloadError
+from replication.device.outbox import Identity, Mark, NotPaired, Outbox
+from replication.device.payloads import PayloadError
+from replication.wire.codec import ZERO_HASH, verify_chain
+from replication.wire.hlc import LOGICAL_BITS
 
 MAIN = Path(__file__).resolve().parents[2]
 WRITER = "01HZX3J6C8W7Q5V4T2S1R0P9N8"
@@ -215,7 +215,7 @@ APPENDER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from replication.outbox import Outbox
+    from replication.device.outbox import Outbox
 
     box = Outbox(Path(sys.argv[1]))
     payload = {"session_id": "S", "code": "C", "qty": 1, "rack_id": "", "product_id": None, "token": None, "by": "U"}

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from replication.codec import Event, chain_head_message, sign_chain_head, verify_chain_head
+from replication.wire.codec import Event, chain_head_message, sign_chain_head, verify_chain_head
 
 PROTOCOL = Path(__file__).resolve().parents[2] / "docs" / "sync-protocol.md"
 

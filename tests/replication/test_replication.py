@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 import tests.conftest
-from replication import transport
-from replication.outbox import Identity, Outbox
-from replication.sender import Sender, SenderSettings
+from replication.device import transport
+from replication.device.outbox import Identity, Outbox
+from replication.device.sender import Sender, SenderSettings
 from tests.conftest import DEMO_PASSWORDS, ServerProcess, free_port
 from tests.replication.faults import LinkProxy
 
@@ -288,7 +288,7 @@ def _summary(views: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 def test_a_peer_without_the_store_secret_is_refused(fleet: Fleet) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from replication.peer_client import Me, PeerClient, PeerError
+    from replication.peers.client import Me, PeerClient, PeerError
 
     key = Ed25519PrivateKey.generate()
     me = Me("intruder-node", "demo-store", key, key.public_key().public_bytes_raw())

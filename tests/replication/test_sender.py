@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from replication import transport
-from replication.hlc import wall_ms
-from replication.outbox import Outbox
-from replication.sender import Backoff, Progress, Sender, SenderSettings
+from replication.device import transport
+from replication.device.outbox import Outbox
+from replication.device.sender import Backoff, Progress, Sender, SenderSettings
+from replication.wire.hlc import wall_ms
 from tests.conftest import ServerProcess
 from tests.replication.conftest import CountingBox, paired_outbox, restart, scan_payload
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from appliance.identity import public_bytes
+from appliance.store.identity import public_bytes
 from tests.conftest import DEMO_PASSWORDS, ServerProcess
 
 LONG_LEASES = {"STOCKVERIFY_LEASE_TTL_S": "3600", "STOCKVERIFY_LEASE_RENEW_S": "60"}

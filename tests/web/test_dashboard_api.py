@@ -13,8 +13,8 @@ import pytest
 import segno
 
 from appliance.api.live import StreamTickets
+from appliance.auth.permissions import PERMISSIONS
 from appliance.errors import Unauthenticated
-from appliance.permissions import PERMISSIONS
 from tests.web.scenario import SPARE_VERIFIERS, WORK, CountScenario
 
 

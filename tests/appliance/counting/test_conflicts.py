@@ -13,13 +13,14 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from appliance import layout, people, products
+from appliance.auth import people
+from appliance.auth.people import User
 from appliance.box import Box
+from appliance.catalog import layout, products
 from appliance.counting import conflicts, items, runs, sessions
 from appliance.errors import Conflict, NotFound, StockVerifyError, ValidationFailed
-from appliance.eventlog import EventLog
-from appliance.people import User
-from replication.codec import unpack
+from appliance.store.eventlog import EventLog
+from replication.wire.codec import unpack
 from tests.conftest import DEMO_PASSWORDS, ServerProcess
 
 T = TypeVar("T")

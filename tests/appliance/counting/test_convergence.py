@@ -14,12 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance import layout, people
+from appliance.auth import people
+from appliance.auth.people import User
 from appliance.box import Box, open_box
+from appliance.catalog import layout
 from appliance.counting import conflicts, runs, sessions
-from appliance.eventlog import enroll_writer, new_id, rebuild
-from appliance.people import User
-from replication.codec import ZERO_HASH, Event
+from appliance.store.eventlog import enroll_writer, new_id, rebuild
+from replication.wire.codec import ZERO_HASH, Event
 from tests.conftest import make_settings
 
 WRITERS = ("dev-a", "dev-b", "dev-c")
@@ -57,7 +58,7 @@ CATALOG = (
 
 def _setup(data_dir: Path) -> tuple[Box, dict[str, Any]]:
     """A store with three products, one run and two sessions, all written by the box itself."""
-    from appliance import products
+    from appliance.catalog import products
 
     box = open_box(make_settings(data_dir))
     admin = User("u-admin", "admin", "Admin", "admin")

@@ -14,12 +14,13 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from appliance import layout, people, products
+from appliance.auth import people
+from appliance.auth.people import User
 from appliance.box import Box
+from appliance.catalog import layout, products
 from appliance.counting import items, rollups, runs, sessions
 from appliance.errors import StockVerifyError, ValidationFailed
-from appliance.people import User
-from replication.codec import unpack
+from replication.wire.codec import unpack
 from tests.conftest import DEMO_PASSWORDS, ServerProcess
 
 T = TypeVar("T")

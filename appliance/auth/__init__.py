@@ -1,0 +1,1 @@
+"""Who may do what: people and their passwords and tokens, roles and permissions, paired devices."""

@@ -1,0 +1,1 @@
+"""What is counted and where: the product master, code resolution, floors and racks."""

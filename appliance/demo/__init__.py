@@ -1,0 +1,1 @@
+"""The demo store: what ``make run`` shows a newcomer."""

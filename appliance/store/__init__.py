@@ -1,0 +1,1 @@
+"""The box's storage: SQLite and its migrations, the signed event log, the live bus, the node's identity."""

@@ -1,0 +1,2 @@
+"""What crosses the wire between replicas: the event codec, the hybrid logical clock, signed
+requests and pages, version vectors."""
