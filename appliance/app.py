@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
-from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
@@ -34,22 +32,13 @@ from appliance.api import (
 from appliance.api import hq as hq_api
 from appliance.api import log as log_api
 from appliance.api import replication as replication_api
-from appliance.api.deps import authorize, provide_box, provide_device, provide_user
-from appliance.auth.people import LoginThrottle, Passwords
+from appliance.api.deps import authorizer, dependencies
 from appliance.box import Box
-from appliance.counting import locks as locks_domain
 from appliance.errors import StockVerifyError
-from appliance.hq.hub import Hub
-from appliance.replica.lock_forwarding import lock_forwarding_lifespan
-from replication.discovery import mdns_lifespan
-from replication.peers.replicator import replication_lifespan
-from replication.tasks import running
-from replication.wire.hlc import wall_ms
+from appliance.services import Services
 from web import routes as web_routes
 
 log = logging.getLogger(__name__)
-
-LEASE_WATCH_S = 0.5
 
 API_ROUTES: list[HTTPRouteHandler] = [
     *health.ROUTES,
@@ -110,83 +99,29 @@ def _check_declared(routes: list[HTTPRouteHandler]) -> None:
         raise RuntimeError(f"routes without a declared permission: {missing}")
 
 
-async def _bind_bus(app: Litestar) -> None:
+def _bind_bus(box: Box) -> Callable[[], None]:
     """The live bus delivers on the server's event loop, which exists only once the app starts."""
-    box: Box = app.state.box
-    box.bus.bind(asyncio.get_running_loop())
 
+    def bind() -> None:
+        box.bus.bind(asyncio.get_running_loop())
 
-def _expired(box: Box, since_ms: int, until_ms: int) -> list[dict[str, Any]]:
-    return locks_domain.expired_leases(box.db.read(), since_ms, until_ms)
-
-
-@asynccontextmanager
-async def _lease_watch(app: Litestar) -> AsyncIterator[None]:
-    """A lease lapses by itself, with no event to mark it; this tells live listeners when one has."""
-    box: Box = app.state.box
-
-    async def watch() -> None:
-        last = wall_ms()
-        while True:
-            await asyncio.sleep(LEASE_WATCH_S)
-            now = wall_ms()
-            lapsed = await asyncio.to_thread(_expired, box, last, now)
-            last = now
-            box.bus.publish(
-                [
-                    (
-                        None,
-                        {
-                            "kind": "rack",
-                            "type": "lease.lapsed",
-                            "state": "available",
-                            "lapsed": True,
-                            "run_id": row["run_id"],
-                            "rack_id": row["rack_id"],
-                            "rack": row["code"],
-                            "holder": row["user_id"],
-                            "token": row["token"],
-                        },
-                    )
-                    for row in lapsed
-                ]
-            )
-
-    async with running(watch(), "lease-watch"):
-        yield
+    return bind
 
 
 def create_app(box: Box) -> Litestar:
     _check_declared(API_ROUTES)
     routes: list[ControllerRouterHandler] = [*API_ROUTES, *web_routes.ROUTES]
-    settings = box.settings
-    state = State(
-        {
-            "box": box,
-            "passwords": Passwords(settings.password_memory_kib, settings.password_time_cost),
-            "login_throttle": LoginThrottle(settings.login_attempts_per_minute),
-        }
-    )
-    shutdown = [box.close]
-    if box.node.role == "hq":
-        hub = Hub(box)
-        state["hub"] = hub  # HQ keeps a replica per store behind the same endpoints
-        shutdown.insert(0, hub.close)
+    services = Services.for_box(box)
     return Litestar(
         route_handlers=routes,
-        state=state,
-        guards=[authorize],
-        dependencies={
-            "box": Provide(provide_box, sync_to_thread=False),
-            "user": Provide(provide_user, sync_to_thread=False),
-            "device": Provide(provide_device, sync_to_thread=False),
-        },
+        guards=[authorizer(services)],
+        dependencies=dependencies(services),
         exception_handlers={Exception: _error_response},
         openapi_config=OpenAPIConfig(title="StockVerify Edge", version=__version__),
-        request_max_body_size=settings.max_request_bytes,
-        on_startup=[_bind_bus],
-        lifespan=[_lease_watch, mdns_lifespan, replication_lifespan, lock_forwarding_lifespan],
-        on_shutdown=shutdown,
+        request_max_body_size=box.settings.max_request_bytes,
+        on_startup=[_bind_bus(box)],
+        lifespan=services.lifespans(),
+        on_shutdown=[services.close],
         logging_config=None,  # the CLI's key=value formatter stays in charge
         debug=False,
     )

@@ -1,4 +1,4 @@
-"""``stockverify``: the one command line for the box (serve, users, products, doctor, rebuild)."""
+"""``stockverify``: the one command line for the box (serve, settings, users, products, doctor, rebuild)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,16 @@ from typing import Any
 import click
 
 from appliance.logs import configure_logging
-from appliance.settings import Settings, SettingsError, load_settings
+from appliance.settings import (
+    CONFIG_FILE_NAME,
+    ENV_PREFIX,
+    SettingInfo,
+    Settings,
+    SettingsError,
+    describe,
+    load_settings,
+    load_settings_with_sources,
+)
 
 log = logging.getLogger("stockverify")
 
@@ -40,7 +49,37 @@ def main() -> None:
     """StockVerify Edge: the store box for offline inventory counts."""
 
 
-@main.command()
+class _ServeCommand(click.Command):
+    """``serve``, whose help ends with every setting: the flags cover a few, the rest are set elsewhere."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Settings"):
+            formatter.write_text(
+                f"Set any of these as name = value in {CONFIG_FILE_NAME} in the data folder (or the file --config"
+                f" names), or as {ENV_PREFIX}<NAME> in the environment; the environment beats the file and the"
+                " flags above beat both. 'stockverify settings' shows the values in force."
+            )
+            formatter.write_paragraph()
+            formatter.write_dl([(info.name, _epilog_line(info)) for info in describe()])
+
+
+def _epilog_line(info: SettingInfo) -> str:
+    default = _shown(info, info.default)
+    return f"{info.help} [{info.env_var}" + (f"; default: {default}]" if default else "]")
+
+
+def _shown(info: SettingInfo, value: Any) -> str:
+    """A value as text a person reads; a secret says only whether it is set, never what it is."""
+    if info.secret:
+        return "(set)" if value else ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ", ".join(str(item) for item in value)
+    return str(value)
+
+
+@main.command(cls=_ServeCommand)
 @data_dir_option
 @config_option
 @click.option("--host", default=None, help="address to listen on")
@@ -94,6 +133,46 @@ def serve(config: Path | None, **flags: Any) -> None:
     )
 
 
+@main.command("settings")
+@data_dir_option
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="print the settings as JSON")
+def settings_command(config: Path | None, data_dir: Path | None, as_json: bool) -> None:
+    """Show every setting: its value as the box would load it, where that came from, and what it does."""
+    try:
+        loaded, sources = load_settings_with_sources({"data_dir": data_dir}, config_file=config)
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    infos = describe()
+    if as_json:
+        rows = [
+            {
+                "name": info.name,
+                "value": _json_value(info, getattr(loaded, info.name)),
+                "source": sources[info.name],
+                "help": info.help,
+            }
+            for info in infos
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for info in infos:
+        click.echo(f"{info.name} = {_shown(info, getattr(loaded, info.name))}".rstrip())
+        click.echo(f"    from {sources[info.name]}")
+        click.echo(f"    {info.help}")
+
+
+def _json_value(info: SettingInfo, value: Any) -> Any:
+    """Numbers and flags stay typed for a script reading the JSON; a secret stays hidden there too."""
+    if info.secret:
+        return _shown(info, value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
 @main.group()
 def user() -> None:
     """Manage the people who use the box."""
@@ -140,20 +219,20 @@ def products() -> None:
 def products_import(config: Path | None, data_dir: Path | None, file: Path, dry_run: bool) -> None:
     """Import products from a CSV or XLSX file, all rows or none."""
     from appliance.box import open_box
-    from appliance.catalog import products as catalog
+    from appliance.catalog import product_import
     from appliance.errors import StockVerifyError
 
     settings = _settings(config, data_dir=data_dir)
     box = open_box(settings)
     try:
-        plan = catalog.parse_file(file.read_bytes(), file.name)
+        plan = product_import.parse_file(file.read_bytes(), file.name)
         if dry_run or plan.errors:
-            preview = catalog.preview(box.db.read(), plan)
+            preview = product_import.preview(box.db.read(), plan)
             click.echo(json.dumps(preview, indent=2))
             if preview["errors"]:
                 sys.exit(1)
             return
-        result = box.db.write(lambda conn: catalog.commit(conn, box.log, plan))
+        result = box.db.write(lambda conn: product_import.commit(conn, box.log, plan))
     except StockVerifyError as exc:
         raise click.ClickException(f"{exc.code}: {exc.message}") from None
     finally:

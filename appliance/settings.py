@@ -1,6 +1,6 @@
 """The box's one settings object.
 
-Every setting is declared once below with its default and help text. Values come, lowest precedence
+Every setting is declared once below with its default, parser and help text. Values come, lowest precedence
 first, from the defaults, the TOML file (``<data_dir>/stockverify.toml`` or ``STOCKVERIFY_CONFIG``),
 ``STOCKVERIFY_<NAME>`` environment variables, and finally command-line flags. They are checked once at
 start; a bad value stops the start with a message that names the setting and where it came from, so a
@@ -13,13 +13,15 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ENV_PREFIX = "STOCKVERIFY_"
 CONFIG_FILE_NAME = "stockverify.toml"
 ROLES = ("box", "hq")
+
+_T = TypeVar("_T")
 
 
 class SettingsError(ValueError):
@@ -137,37 +139,79 @@ def _seconds(low: float, high: float) -> Callable[[Any], float]:
     return parse
 
 
+def setting(default: _T, parse: Callable[[Any], _T], help: str, *, secret: bool = False) -> _T:
+    """A ``Settings`` field that carries its parser and help text, so a setting is declared in one place.
+
+    ``secret`` marks a value that reports show only as set or unset.
+    """
+    return field(default=default, metadata={"parse": parse, "help": help, "secret": secret})
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the box can be told. Defaults suit a Raspberry Pi on a store LAN."""
 
-    data_dir: Path = Path("data")
-    host: str = "0.0.0.0"  # noqa: S104 - the box serves the store LAN
-    port: int = 8080
-    store_id: str = "store-001"
-    store_name: str = "Store"
-    role: str = "box"
-    demo: bool = False
-    log_level: str = "info"
-    token_ttl_s: int = 12 * 3600
-    lease_ttl_s: int = 60
-    lease_renew_s: int = 20
-    lock_authority: bool = True
-    lock_authority_url: str = ""
-    lock_forward_timeout_s: float = 3.0
-    max_request_bytes: int = 8 * 1024 * 1024
-    login_attempts_per_minute: int = 10
-    password_memory_kib: int = 19_456
-    password_time_cost: int = 2
-    public_url: str = ""
-    store_secret: str = ""
-    peers: tuple[str, ...] = ()
-    hq_url: str = ""
-    hq_secret: str = ""
-    hq_mode: str = "log"
-    replicate_every_s: float = 0.5
-    mdns: bool = True
-    mdns_addresses: tuple[str, ...] = ()
+    data_dir: Path = setting(Path("data"), _path, "where the database, keys and photos live")  # noqa: RUF009 - setting() is a field()
+    host: str = setting("0.0.0.0", _text(255), "address to listen on")  # noqa: S104 - the box serves the store LAN
+    port: int = setting(8080, _int(0, 65535), "TCP port for the API and dashboard")
+    store_id: str = setting("store-001", _store_id, "this store's id, the same on every box of the store")
+    store_name: str = setting("Store", _text(120), "the store's name as people see it")
+    role: str = setting("box", _choice(*ROLES), "box (in a store) or hq (the hub that receives every store)")
+    demo: bool = setting(False, _bool, "create the demo store on first start")
+    log_level: str = setting("info", _choice("debug", "info", "warning", "error"), "debug, info, warning or error")
+    token_ttl_s: int = setting(12 * 3600, _int(60, 30 * 24 * 3600), "seconds a login token stays valid")
+    lease_ttl_s: int = setting(60, _int(2, 3600), "seconds a rack lease lasts without a heartbeat")
+    lease_renew_s: int = setting(20, _int(1, 3600), "seconds between the heartbeats that renew a lease")
+    lock_authority: bool = setting(True, _bool, "whether this box grants rack and session locks for the store")
+    lock_authority_url: str = setting(
+        "",
+        _url(allow_empty=True),
+        "the lock authority box's URL, for a box that forwards claims to it"
+        " (empty: the peer box that says it is the authority)",
+    )
+    lock_forward_timeout_s: float = setting(
+        3.0, _seconds(0.2, 60.0), "seconds a forwarded claim waits for the lock authority before failing"
+    )
+    max_request_bytes: int = setting(8 * 1024 * 1024, _int(1024, 1024 * 1024 * 1024), "largest request body accepted")
+    login_attempts_per_minute: int = setting(
+        10, _int(1, 10_000), "login attempts allowed per address and user each minute"
+    )
+    password_memory_kib: int = setting(
+        19_456, _int(8, 4 * 1024 * 1024), "memory (KiB) the password hash uses; higher is safer and slower"
+    )
+    password_time_cost: int = setting(2, _int(1, 50), "passes the password hash makes")
+    public_url: str = setting(
+        "",
+        _url(allow_empty=True),
+        "the URL other boxes reach this one at (default: found from the listening address)",
+    )
+    store_secret: str = setting(
+        "", _secret, "the secret every box of this store shares; proves a peer belongs to the store", secret=True
+    )
+    peers: tuple[str, ...] = setting(
+        (), _urls, "comma-separated URLs of this store's other boxes (mDNS finds them too)"
+    )
+    hq_url: str = setting(
+        "", _url(allow_empty=True), "HQ's URL; the box pushes to it whenever it is reachable (empty: no HQ)"
+    )
+    hq_secret: str = setting(
+        "",
+        _secret,
+        "the secret shared with HQ at enrolment (on HQ: the one every store presents)",
+        secret=True,
+    )
+    hq_mode: str = setting(
+        "log",
+        _choice("log", "counters"),
+        "log (every event, for audit) or counters (only changed counter rows, for thin uplinks)",
+    )
+    replicate_every_s: float = setting(
+        0.5, _seconds(0.05, 3600.0), "seconds between exchanges with a reachable peer box"
+    )
+    mdns: bool = setting(True, _bool, "advertise the box on the LAN by mDNS and find the store's other boxes")
+    mdns_addresses: tuple[str, ...] = setting(
+        (), _ipv4_list, "IPv4 addresses to advertise, comma-separated (empty: every non-loopback one)"
+    )
 
     @property
     def db_path(self) -> Path:
@@ -178,71 +222,36 @@ class Settings:
         return self.data_dir / "keys"
 
 
-_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "data_dir": _path,
-    "host": _text(255),
-    "port": _int(0, 65535),
-    "store_id": _store_id,
-    "store_name": _text(120),
-    "role": _choice(*ROLES),
-    "demo": _bool,
-    "log_level": _choice("debug", "info", "warning", "error"),
-    "token_ttl_s": _int(60, 30 * 24 * 3600),
-    "lease_ttl_s": _int(2, 3600),
-    "lease_renew_s": _int(1, 3600),
-    "lock_authority": _bool,
-    "lock_authority_url": _url(allow_empty=True),
-    "lock_forward_timeout_s": _seconds(0.2, 60.0),
-    "max_request_bytes": _int(1024, 1024 * 1024 * 1024),
-    "login_attempts_per_minute": _int(1, 10_000),
-    "password_memory_kib": _int(8, 4 * 1024 * 1024),
-    "password_time_cost": _int(1, 50),
-    "mdns": _bool,
-    "mdns_addresses": _ipv4_list,
-    "public_url": _url(allow_empty=True),
-    "store_secret": _secret,
-    "peers": _urls,
-    "hq_url": _url(allow_empty=True),
-    "hq_secret": _secret,
-    "hq_mode": _choice("log", "counters"),
-    "replicate_every_s": _seconds(0.05, 3600.0),
-}
+_FIELDS: dict[str, Field[Any]] = {f.name: f for f in fields(Settings)}
 
-HELP: dict[str, str] = {
-    "data_dir": "where the database, keys and photos live",
-    "host": "address to listen on",
-    "port": "TCP port for the API and dashboard",
-    "store_id": "this store's id, the same on every box of the store",
-    "store_name": "the store's name as people see it",
-    "role": "box (in a store) or hq (the hub that receives every store)",
-    "demo": "create the demo store on first start",
-    "log_level": "debug, info, warning or error",
-    "token_ttl_s": "seconds a login token stays valid",
-    "lease_ttl_s": "seconds a rack lease lasts without a heartbeat",
-    "lease_renew_s": "seconds between the heartbeats that renew a lease",
-    "lock_authority": "whether this box grants rack and session locks for the store",
-    "lock_authority_url": "the lock authority box's URL, for a box that forwards claims to it"
-    " (empty: the peer box that says it is the authority)",
-    "lock_forward_timeout_s": "seconds a forwarded claim waits for the lock authority before failing",
-    "max_request_bytes": "largest request body accepted",
-    "login_attempts_per_minute": "login attempts allowed per address and user each minute",
-    "password_memory_kib": "memory (KiB) the password hash uses; higher is safer and slower",
-    "password_time_cost": "passes the password hash makes",
-    "mdns": "advertise the box on the LAN by mDNS and find the store's other boxes",
-    "mdns_addresses": "IPv4 addresses to advertise, comma-separated (empty: every non-loopback one)",
-    "public_url": "the URL other boxes reach this one at (default: found from the listening address)",
-    "store_secret": "the secret every box of this store shares; proves a peer belongs to the store",
-    "peers": "comma-separated URLs of this store's other boxes (mDNS finds them too)",
-    "hq_url": "HQ's URL; the box pushes to it whenever it is reachable (empty: no HQ)",
-    "hq_secret": "the secret shared with HQ at enrolment (on HQ: the one every store presents)",
-    "hq_mode": "log (every event, for audit) or counters (only changed counter rows, for thin uplinks)",
-    "replicate_every_s": "seconds between exchanges with a reachable peer box",
-}
+DEFAULT_SOURCE = "default"
+FLAG_SOURCE = "command line"
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    """One setting as a person is told about it: in ``stockverify settings`` and ``serve --help``."""
+
+    name: str
+    default: Any
+    help: str
+    secret: bool
+
+    @property
+    def env_var(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+def describe() -> tuple[SettingInfo, ...]:
+    """Every setting, in declaration order, for help and reports built from the one declaration."""
+    return tuple(
+        SettingInfo(f.name, f.default, f.metadata["help"], bool(f.metadata.get("secret"))) for f in _FIELDS.values()
+    )
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     try:
-        return _PARSERS[name](value)
+        return _FIELDS[name].metadata["parse"](value)
     except ValueError as exc:
         raise SettingsError(f"setting {name!r} (from {source}): {exc}") from None
 
@@ -257,14 +266,28 @@ def load_settings(
 
     ``overrides`` with value ``None`` are ignored so that unset command-line flags fall through.
     """
+    return load_settings_with_sources(overrides, environ=environ, config_file=config_file)[0]
+
+
+def load_settings_with_sources(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """``load_settings``, plus where each value came from, so a person can see which layer to change.
+
+    A source is ``DEFAULT_SOURCE``, the config file's path, ``environment variable STOCKVERIFY_<NAME>``
+    or ``FLAG_SOURCE``: the same words a bad value's error uses.
+    """
     env = os.environ if environ is None else environ
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
-    known = {f.name for f in fields(Settings)}
     for name in flags:
-        if name not in known:
+        if name not in _FIELDS:
             raise SettingsError(f"unknown setting {name!r}")
 
     values: dict[str, Any] = {}
+    sources = dict.fromkeys(_FIELDS, DEFAULT_SOURCE)
     # The data dir decides where the default config file is, so it is resolved first.
     data_dir_source = flags.get("data_dir") or env.get(ENV_PREFIX + "DATA_DIR") or Settings.data_dir
     data_dir = _coerce("data_dir", data_dir_source, "data_dir")
@@ -279,15 +302,19 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
         for name, value in table.items():
-            if name not in known:
+            if name not in _FIELDS:
                 raise SettingsError(f"setting {name!r} (from {path}) is not a known setting")
             values[name] = _coerce(name, value, str(path))
-    for name in known:
+            sources[name] = str(path)
+    for name in _FIELDS:
         key = ENV_PREFIX + name.upper()
         if key in env:
-            values[name] = _coerce(name, env[key], f"environment variable {key}")
+            source = f"environment variable {key}"
+            values[name] = _coerce(name, env[key], source)
+            sources[name] = source
     for name, value in flags.items():
-        values[name] = _coerce(name, value, "command line")
+        values[name] = _coerce(name, value, FLAG_SOURCE)
+        sources[name] = FLAG_SOURCE
 
     settings = replace(Settings(), **values)
     if settings.lease_renew_s >= settings.lease_ttl_s:
@@ -300,4 +327,4 @@ def load_settings(
             "setting 'lock_authority_url' names another box as the lock authority, but 'lock_authority' is"
             " true here too: set lock_authority = false on a box that forwards its claims"
         )
-    return settings
+    return settings, sources

@@ -23,23 +23,17 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import ifaddr
 from zeroconf import Error as ZeroconfError
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from replication.tasks import running
-
-if TYPE_CHECKING:
-    from litestar import Litestar
-
-    from appliance.box import Box
+from replication.errors import NeedsPerson
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +53,11 @@ INSTANCE_MAX_BYTES = 63
 ChangeKind = Literal["found", "updated", "lost"]
 
 
-class DiscoveryError(Exception):
-    """An advertisement that cannot go on the wire as asked (a TXT entry over its limit)."""
+class DiscoveryError(NeedsPerson):
+    """An advertisement that cannot go on the wire as asked (a TXT entry over its limit).
+
+    The settings that built it must change, so advertising again as is cannot help.
+    """
 
 
 @dataclass(frozen=True)
@@ -407,7 +404,7 @@ class Discovery:
                 log.exception("a discovery change callback failed", extra={"change": change.kind})
 
 
-# -- the box's lifespan -----------------------------------------------------------------------------
+# -- advertising a server -----------------------------------------------------------------------------
 _WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - compared, never bound
 
 
@@ -416,7 +413,7 @@ def _probe_host(host: str) -> str:
     return _WILDCARDS.get(host, host)
 
 
-def _addresses_for(host: str, pinned: Sequence[str]) -> tuple[str, ...] | None:
+def addresses_for(host: str, pinned: Sequence[str]) -> tuple[str, ...] | None:
     """The addresses to advertise on, () for every LAN address, None when no handheld could connect.
 
     A box told to listen on one address is reachable there alone, so that is what it advertises.
@@ -453,44 +450,9 @@ async def wait_until_listening(host: str, port: int) -> None:
         return
 
 
-async def _advertise_when_listening(discovery: Discovery, advertisement: Advertisement, host: str) -> None:
+async def advertise_when_listening(discovery: Discovery, advertisement: Advertisement, host: str) -> None:
     try:
         await wait_until_listening(host, advertisement.port)
         await discovery.advertise(advertisement)
     except (DiscoveryError, OSError, ZeroconfError):
         log.exception("mDNS advertisement failed; handhelds must be given this box's address")
-
-
-@asynccontextmanager
-async def mdns_lifespan(app: Litestar) -> AsyncIterator[None]:
-    """Browse from start to stop, advertise once HTTP listens; ``app.state.discovery`` is None when off."""
-    box: Box = app.state.box
-    settings = box.settings
-    app.state.discovery = None
-    if not settings.mdns:
-        log.info("mDNS off (setting mdns); handhelds and peers must be given this box's address")
-        yield
-        return
-    addresses = _addresses_for(settings.host, settings.mdns_addresses)
-    discovery = Discovery(store_id=box.node.store_id, node_id=box.node.node_id, addresses=addresses or ())
-    await discovery.start()
-    app.state.discovery = discovery
-    advertisement = Advertisement(
-        store_id=box.node.store_id,
-        node_id=box.node.node_id,
-        role=box.node.role,
-        port=settings.port,
-        fingerprint=None,  # the box serves plain HTTP until its TLS lands (DESIGN §9)
-    )
-    advertising: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
-    if settings.port == 0:
-        log.warning("mDNS not advertising: port 0 means the port is not known before uvicorn binds it")
-    elif addresses is None:
-        log.warning("mDNS not advertising: no IPv4 handheld can reach this host", extra={"host": settings.host})
-    else:
-        advertising = running(_advertise_when_listening(discovery, advertisement, settings.host), "mdns-advertise")
-    try:
-        async with advertising:
-            yield
-    finally:
-        await discovery.stop()

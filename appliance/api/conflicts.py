@@ -12,7 +12,7 @@ from litestar.params import JSONBody
 
 from appliance.auth.people import User
 from appliance.box import Box
-from appliance.counting import conflicts, items
+from appliance.counting import codes, conflicts
 from appliance.errors import ValidationFailed
 
 
@@ -90,7 +90,7 @@ def resolve(conflict_id: str, data: JSONBody[Resolution], box: Box, user: User) 
 
 @post("/api/codes/map", opt={"permission": "codes.map"}, sync_to_thread=True, status_code=201)
 def map_code(data: JSONBody[CodeMapping], box: Box, user: User) -> dict[str, Any]:
-    return box.db.write(lambda conn: items.map_code(conn, box.log, user, data.code, data.sku))
+    return box.db.write(lambda conn: codes.map_code(conn, box.log, user, data.code, data.sku))
 
 
 ROUTES: list[HTTPRouteHandler] = [list_conflicts, resolve, map_code]

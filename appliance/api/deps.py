@@ -1,26 +1,65 @@
-"""Dependencies every route can ask for by name (``box``, ``user``) and the app-wide guard."""
+"""What a route can ask for by name (``box``, ``user``, ``device``, ``hub``, ``forwarder``, …) and the
+app-wide guard, both made from the app's ``Services`` so that nothing is looked up on the app's state."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.handlers.base import BaseRouteHandler
 
-from appliance.api.live import user_for_ticket
 from appliance.auth.devices import Device, device_for_token
-from appliance.auth.people import User, user_for_token
+from appliance.auth.people import LoginThrottle, Passwords, StreamTickets, User, user_for_ticket, user_for_token
 from appliance.auth.permissions import PUBLIC_PREFIXES, allowed
 from appliance.box import Box
 from appliance.errors import Forbidden, NotFound, Unauthenticated
+from appliance.hq.hub import Hub
+from appliance.replica.lock_forwarding import LockForwarder
+from appliance.services import Services
+
+Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
 
-def provide_box(state: State) -> Box:
-    box: Box = state.box
-    return box
+def dependencies(services: Services) -> dict[str, Provide]:
+    """Every service by name. A route names only what it uses, and only those are resolved for it."""
+
+    def provide_box() -> Box:
+        return services.box
+
+    def provide_hub() -> Hub | None:
+        return services.hub
+
+    def provide_passwords() -> Passwords:
+        return services.passwords
+
+    def provide_login_throttle() -> LoginThrottle:
+        return services.login_throttle
+
+    def provide_stream_tickets() -> StreamTickets:
+        return services.stream_tickets
+
+    # Chained after ``user``, like ``user`` after ``box``, for the reason given at provide_device.
+    def provide_forwarder(user: User) -> LockForwarder | None:
+        return services.lock_forwarder
+
+    def provide_device_forwarder(device: Device) -> LockForwarder | None:
+        return services.lock_forwarder
+
+    return {
+        "box": Provide(provide_box, sync_to_thread=False),
+        "user": Provide(provide_user, sync_to_thread=False),
+        "device": Provide(provide_device, sync_to_thread=False),
+        "hub": Provide(provide_hub, sync_to_thread=False),
+        "passwords": Provide(provide_passwords, sync_to_thread=False),
+        "login_throttle": Provide(provide_login_throttle, sync_to_thread=False),
+        "tickets": Provide(provide_stream_tickets, sync_to_thread=False),
+        "forwarder": Provide(provide_forwarder, sync_to_thread=False),
+        "device_forwarder": Provide(provide_device_forwarder, sync_to_thread=False),
+    }
 
 
 # ``user`` and ``device`` name ``box`` although they do not use it. Litestar resolves dependencies
@@ -45,7 +84,18 @@ def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     return token.strip()
 
 
-async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+def authorizer(services: Services) -> Guard:
+    """The app-wide guard for ``services``' box."""
+
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        await authorize(services, connection, handler)
+
+    return guard
+
+
+async def authorize(
+    services: Services, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
     """Deny by default: a route passes only if it is public, a device route called with a live device
     credential, or a person's route whose permission the person's role holds.
 
@@ -59,19 +109,18 @@ async def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: Bas
         scheme, _, token = connection.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "device" or not token.strip():
             raise Unauthenticated("send the device credential as 'Authorization: Device <token>'")
-        box_: Box = connection.app.state.box
-        connection.state.device = device_for_token(box_.db.read(), token.strip())
+        connection.state.device = device_for_token(services.box.db.read(), token.strip())
         return
     permission = handler.opt.get("permission")
     if not isinstance(permission, str):
         raise Forbidden("this route declares no permission, so nobody may use it")
-    box: Box = connection.app.state.box
+    box = services.box
     # A browser's EventSource cannot send headers, so the live stream also takes a single-use
     # ?ticket= (what the dashboard uses) or ?access_token=.
     in_query = bool(handler.opt.get("token_in_query"))
     ticket = connection.query_params.get("ticket") if in_query else None
     if ticket:
-        user = user_for_ticket(connection.app, box.db.read(), ticket)
+        user = user_for_ticket(services.stream_tickets, box.db.read(), ticket)
     else:
         query_token = connection.query_params.get("access_token") if in_query else None
         user = user_for_token(box.db.read(), query_token or bearer_token(connection))

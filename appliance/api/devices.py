@@ -69,9 +69,10 @@ def pairing_qr(box: Box, request: Request[Any, Any, State], code: str) -> Respon
 
 
 @post("/api/devices/pair", opt={"public": True}, sync_to_thread=True, status_code=201)
-def pair(data: JSONBody[PairRequest], box: Box, request: Request[Any, Any, State]) -> dict[str, Any]:
-    throttle: LoginThrottle = request.app.state.login_throttle
-    throttle.check(request.client.host if request.client else "?", "device pairing")
+def pair(
+    data: JSONBody[PairRequest], box: Box, login_throttle: LoginThrottle, request: Request[Any, Any, State]
+) -> dict[str, Any]:
+    login_throttle.check(request.client.host if request.client else "?", "device pairing")
     try:
         public_key = bytes.fromhex(data.public_key)
     except ValueError:

@@ -16,14 +16,14 @@ import logging
 import sqlite3
 from typing import Any
 
-from litestar import Request, Response, get, post
-from litestar.datastructures import State
+from litestar import Response, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody, RawBody
 
 from appliance.api.runs import NewRun, run_view
 from appliance.auth.people import User
-from appliance.catalog import products
+from appliance.box import Box
+from appliance.catalog import product_import
 from appliance.counting import runs
 from appliance.errors import NotFound
 from appliance.hq.hub import Hub
@@ -39,20 +39,19 @@ class PlannedRun(NewRun, forbid_unknown_fields=True):
     racks: list[str] = []
 
 
-def _hub(request: Request[Any, Any, State]) -> Hub:
-    hub: Hub | None = getattr(request.app.state, "hub", None)
+def _hq(hub: Hub | None, box: Box) -> Hub:
     if hub is None:
         raise NotFound(
             "this is a store box, not HQ; send HQ requests to HQ's address",
             code="NOT_HQ",
-            details={"store_id": request.app.state.box.node.store_id},
+            details={"store_id": box.node.store_id},
         )
     return hub
 
 
 @get("/api/hq/stores", opt={"permission": "hq.stores.read"}, sync_to_thread=True)
-def list_stores(request: Request[Any, Any, State]) -> dict[str, Any]:
-    hub = _hub(request)
+def list_stores(box: Box, hub: Hub | None) -> dict[str, Any]:
+    hub = _hq(hub, box)
     return {"hq_node_id": hub.box.node.node_id, "stores": [hub.figures(store_id) for store_id in hub.store_ids()]}
 
 
@@ -63,7 +62,8 @@ def list_stores(request: Request[Any, Any, State]) -> dict[str, Any]:
     status_code=201,
 )
 def import_products(
-    request: Request[Any, Any, State],
+    box: Box,
+    hub: Hub | None,
     store_id: str,
     body: RawBody,
     user: User,
@@ -77,14 +77,14 @@ def import_products(
     file is checked, exactly as the store's first contact would make it). A dry run never makes one:
     against a store HQ does not hold yet the file alone is checked, and every row would be new.
     """
-    hub = _hub(request)
-    plan = products.parse_file(body, filename)
+    hub = _hq(hub, box)
+    plan = product_import.parse_file(body, filename)
     if dry_run:
         if not create or hub.holds(store_id):
-            return Response(products.preview(hub.held(store_id).db.read(), plan), status_code=200)
+            return Response(product_import.preview(hub.held(store_id).db.read(), plan), status_code=200)
         return Response({**plan.preview(), "created": len(plan.rows), "updated": 0}, status_code=200)
     replica = hub.held(store_id, create=create)
-    result = replica.db.write(lambda conn: products.commit(conn, replica.log, plan))
+    result = replica.db.write(lambda conn: product_import.commit(conn, replica.log, plan))
     log.info(
         "HQ imported a product master for a store",
         extra={"store_id": store_id, "user_id": user.user_id, "import_id": result["import_id"], "rows": result["rows"]},
@@ -93,16 +93,16 @@ def import_products(
 
 
 @get("/api/hq/stores/{store_id:str}/runs", opt={"permission": "hq.stores.read"}, sync_to_thread=True)
-def list_runs(request: Request[Any, Any, State], store_id: str) -> list[dict[str, Any]]:
-    return runs.list_runs(_hub(request).held(store_id).db.read())
+def list_runs(box: Box, hub: Hub | None, store_id: str) -> list[dict[str, Any]]:
+    return runs.list_runs(_hq(hub, box).held(store_id).db.read())
 
 
 @post("/api/hq/stores/{store_id:str}/runs", opt={"permission": "hq.stores.write"}, sync_to_thread=True, status_code=201)
 def plan_run(
-    request: Request[Any, Any, State], store_id: str, data: JSONBody[PlannedRun], user: User, create: bool = False
+    box: Box, hub: Hub | None, store_id: str, data: JSONBody[PlannedRun], user: User, create: bool = False
 ) -> dict[str, Any]:
     """A PLANNED run with its scope; the store's supervisor makes sessions and starts it there."""
-    replica = _hub(request).held(store_id, create=create)
+    replica = _hq(hub, box).held(store_id, create=create)
 
     def job(conn: sqlite3.Connection) -> str:
         run_id = runs.create_run(

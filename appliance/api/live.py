@@ -9,79 +9,24 @@ person, so the login token itself never travels in a URL (where proxies, history
 from __future__ import annotations
 
 import json
-import secrets
-import sqlite3
-import threading
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Litestar, Request, get, post
+from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from appliance.auth.people import User, get_user
+from appliance.auth.people import TICKET_TTL_S, StreamTickets, User
 from appliance.box import Box
-from appliance.errors import Unauthenticated, ValidationFailed
+from appliance.errors import ValidationFailed
 from appliance.store import live
-
-TICKET_TTL_S = 30
-_MAX_TICKETS = 10_000
-
-
-class StreamTickets:
-    """Single-use stream tickets: ticket -> (user id, monotonic deadline). Locked because the guard
-    that redeems them runs on Litestar's worker threads."""
-
-    def __init__(self, ttl_s: float = TICKET_TTL_S) -> None:
-        self._ttl_s = ttl_s
-        self._open: dict[str, tuple[str, float]] = {}
-        self._lock = threading.Lock()
-
-    def issue(self, user_id: str) -> str:
-        ticket = secrets.token_urlsafe(24)
-        now = time.monotonic()
-        with self._lock:
-            if len(self._open) >= _MAX_TICKETS:  # tickets nobody redeemed: forget the stale ones
-                self._open = {t: v for t, v in self._open.items() if v[1] > now}
-            self._open[ticket] = (user_id, now + self._ttl_s)
-        return ticket
-
-    def redeem(self, ticket: str) -> str:
-        """The ticket's user id; the ticket is spent whether or not it was still good."""
-        with self._lock:
-            held = self._open.pop(ticket, None)
-        if held is None or held[1] <= time.monotonic():
-            raise Unauthenticated("the stream ticket is unknown, used or expired; ask for a new one")
-        return held[0]
-
-
-_BOOK_LOCK = threading.Lock()
-
-
-def stream_tickets(app: Litestar) -> StreamTickets:
-    """The app's ticket book, made on first use so that it lives and dies with the app."""
-    with _BOOK_LOCK:
-        book: StreamTickets | None = app.state.get("stream_tickets")
-        if book is None:
-            book = StreamTickets()
-            app.state["stream_tickets"] = book
-        return book
-
-
-def user_for_ticket(app: Litestar, conn: sqlite3.Connection, ticket: str) -> User:
-    """The guard's check for ``?ticket=``: a live ticket of a person who is still active."""
-    person = get_user(conn, stream_tickets(app).redeem(ticket))
-    if not person["active"]:
-        raise Unauthenticated("this person can no longer log in")
-    return User(person["user_id"], person["username"], person["display_name"], person["role"])
 
 
 @post("/api/events/ticket", opt={"permission": "live.read"}, status_code=201)
-async def ticket(request: Request[Any, Any, State], user: User) -> dict[str, Any]:
+async def ticket(user: User, tickets: StreamTickets) -> dict[str, Any]:
     return {
-        "ticket": stream_tickets(request.app).issue(user.user_id),
+        "ticket": tickets.issue(user.user_id),
         "expires_in_s": TICKET_TTL_S,
     }
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Request, delete, get, post
-from litestar.datastructures import State
+from litestar import delete, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 
@@ -18,7 +17,7 @@ from appliance.auth.permissions import allowed
 from appliance.box import Box
 from appliance.counting import conflicts, locks
 from appliance.replica import lock_forwarding
-from appliance.replica.lock_forwarding import LockOp
+from appliance.replica.lock_forwarding import LockForwarder, LockOp
 
 
 class Claim(msgspec.Struct, forbid_unknown_fields=True):
@@ -52,22 +51,22 @@ def rack_board(box: Box, user: User, run_id: str) -> list[dict[str, Any]]:
 
 @post("/api/runs/{run_id:str}/racks/{rack:str}/claim", opt={"permission": "sessions.count"}, status_code=201)
 async def claim(
-    request: Request[Any, Any, State], run_id: str, rack: str, data: JSONBody[Claim], box: Box, user: User
+    run_id: str, rack: str, data: JSONBody[Claim], box: Box, user: User, forwarder: LockForwarder | None
 ) -> dict[str, Any]:
     """Exactly one claimant wins; the others get RACK_CLAIMED naming the holder. Async: the claim is
     one write job (or, at a box that is not the lock authority, one request to it), awaited without
     holding a worker thread, which keeps claim latency low."""
     op = LockOp("claim", user.user_id, run_id=run_id, rack=rack, session_id=data.session_id, device_id=data.device_id)
-    return await lock_forwarding.perform(request.app, box, user, op)
+    return await lock_forwarding.perform(box, forwarder, user, op)
 
 
 @post("/api/runs/{run_id:str}/racks/{rack:str}/{action:str}", opt={"permission": "sessions.count"}, status_code=200)
 async def move(
-    request: Request[Any, Any, State], run_id: str, rack: str, action: str, box: Box, user: User
+    run_id: str, rack: str, action: str, box: Box, user: User, forwarder: LockForwarder | None
 ) -> dict[str, Any]:
     """The holder's moves: start, pause, resume, finish, release."""
     op = LockOp("move", user.user_id, run_id=run_id, rack=rack, action=action)
-    return await lock_forwarding.perform(request.app, box, user, op)
+    return await lock_forwarding.perform(box, forwarder, user, op)
 
 
 @post(
@@ -99,10 +98,10 @@ def reverify(run_id: str, rack: str, data: JSONBody[Reason], box: Box, user: Use
 
 
 @post("/api/leases/renew", opt={"permission": "sessions.count"}, status_code=200)
-async def renew(request: Request[Any, Any, State], box: Box, user: User) -> dict[str, Any]:
+async def renew(box: Box, user: User, forwarder: LockForwarder | None) -> dict[str, Any]:
     """The browser handheld's heartbeat (paired devices renew through /api/sync/heartbeat)."""
     renewed = await box.db.awrite(lambda conn: locks.renew(conn, ttl_ms=_ttl_ms(box), user_id=user.user_id))
-    lock_forwarding.renew_at_authority(request.app, user_id=user.user_id)
+    lock_forwarding.renew_at_authority(forwarder, user_id=user.user_id)
     return {"renewed": renewed, "lease_renew_s": box.settings.lease_renew_s}
 
 
@@ -120,24 +119,24 @@ async def get_lock(box: Box, session_id: str) -> dict[str, Any]:
     operation_id="LockSession",
 )
 async def lock(
-    request: Request[Any, Any, State], session_id: str, data: JSONBody[SessionLock], box: Box, user: User
+    session_id: str, data: JSONBody[SessionLock], box: Box, user: User, forwarder: LockForwarder | None
 ) -> dict[str, Any]:
     op = LockOp("lock_session", user.user_id, session_id=session_id, device_id=data.device_id)
-    return await lock_forwarding.perform(request.app, box, user, op)
+    return await lock_forwarding.perform(box, forwarder, user, op)
 
 
 @delete("/api/sessions/{session_id:str}/lock", opt={"permission": "sessions.count"}, status_code=200)
-async def release(request: Request[Any, Any, State], session_id: str, box: Box, user: User) -> dict[str, Any]:
+async def release(session_id: str, box: Box, user: User, forwarder: LockForwarder | None) -> dict[str, Any]:
     op = LockOp("release_session", user.user_id, session_id=session_id)
-    return await lock_forwarding.perform(request.app, box, user, op)
+    return await lock_forwarding.perform(box, forwarder, user, op)
 
 
 @post("/api/sessions/{session_id:str}/lock/force-release", opt={"permission": "sessions.manage"}, status_code=200)
 async def force_release_lock(
-    request: Request[Any, Any, State], session_id: str, data: JSONBody[Reason], box: Box, user: User
+    session_id: str, data: JSONBody[Reason], box: Box, user: User, forwarder: LockForwarder | None
 ) -> dict[str, Any]:
     op = LockOp("release_session", user.user_id, session_id=session_id, reason=data.reason, force=True)
-    return await lock_forwarding.perform(request.app, box, user, op)
+    return await lock_forwarding.perform(box, forwarder, user, op)
 
 
 ROUTES: list[HTTPRouteHandler] = [

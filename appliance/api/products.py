@@ -15,7 +15,7 @@ from litestar.params import Parameter, RawBody
 from appliance.auth.people import User
 from appliance.auth.permissions import allowed
 from appliance.box import Box
-from appliance.catalog import products
+from appliance.catalog import product_import, products
 from appliance.errors import NotFound
 
 
@@ -30,10 +30,10 @@ def import_products(body: RawBody, box: Box, filename: str = "", dry_run: bool =
     A dry run answers 200 with the preview even when the file has errors (showing them is its job);
     a real import answers 201, or 422 ``IMPORT_INVALID`` with every error and nothing written.
     """
-    plan = products.parse_file(body, filename)
+    plan = product_import.parse_file(body, filename)
     if dry_run:
-        return Response(products.preview(box.db.read(), plan), status_code=200)
-    return Response(box.db.write(lambda conn: products.commit(conn, box.log, plan)), status_code=201)
+        return Response(product_import.preview(box.db.read(), plan), status_code=200)
+    return Response(box.db.write(lambda conn: product_import.commit(conn, box.log, plan)), status_code=201)
 
 
 @get("/api/products", opt={"permission": "products.read"}, sync_to_thread=True)

@@ -24,17 +24,12 @@ from appliance.replica import counters, lock_forwarding
 from appliance.replica import store as replicas
 from appliance.store.db import collector_paused
 from appliance.store.eventlog import ChainError, version_vector
-from replication.wire import protocol
+from replication.wire import protocol, vectors
 from replication.wire.hlc import wall_ms
 
 MSGPACK = "application/msgpack"
 DEFAULT_PAGE = 2000
 PUSH_ORDER_WAIT_S = 30.0
-
-
-def _hub(request: Request[Any, Any, State]) -> Hub | None:
-    hub: Hub | None = getattr(request.app.state, "hub", None)
-    return hub
 
 
 def _unpack(body: bytes) -> dict[str, Any]:
@@ -54,7 +49,7 @@ def _signed(box: Box, request: Request[Any, Any, State], body: bytes, media_type
     return Response(body, media_type=media_type, headers=headers)
 
 
-async def _caller(request: Request[Any, Any, State], box: Box, body: bytes) -> tuple[sqlite3.Row, Box]:
+async def _caller(request: Request[Any, Any, State], box: Box, hub: Hub | None, body: bytes) -> tuple[sqlite3.Row, Box]:
     """The enrolled node that signed this request, and the store replica it may touch."""
     try:
         signed = protocol.read_signature(request.headers)
@@ -66,7 +61,6 @@ async def _caller(request: Request[Any, Any, State], box: Box, body: bytes) -> t
     problem = protocol.verify(bytes(row["public_key"]), signed, request.method, request.url.path, body, wall_ms())
     if problem is not None:
         raise Unauthenticated(problem, code="BAD_SIGNATURE")
-    hub = _hub(request)
     target = await asyncio.to_thread(hub.replica, row["store_id"]) if hub is not None else box
     return row, target
 
@@ -77,7 +71,7 @@ async def _enrol(box: Box, node_id: str, store_id: str, role: str, public_key: b
 
 
 @post("/api/replication/hello", opt={"node": True}, status_code=200)
-async def hello(request: Request[Any, Any, State], box: Box) -> Response[bytes]:
+async def hello(request: Request[Any, Any, State], box: Box, hub: Hub | None) -> Response[bytes]:
     """Enrol a node that proves it belongs to this store (or, at HQ, to a store HQ serves)."""
     body = await request.body()
     data = _unpack(body)
@@ -95,7 +89,6 @@ async def hello(request: Request[Any, Any, State], box: Box) -> Response[bytes]:
     if problem is not None:
         raise Unauthenticated(problem, code="BAD_SIGNATURE")
     settings = box.settings
-    hub = _hub(request)
     if hub is not None:
         secret, peer_role = settings.hq_secret, "store"
     else:
@@ -128,13 +121,16 @@ async def hello(request: Request[Any, Any, State], box: Box) -> Response[bytes]:
 
 
 @post("/api/replication/pull", opt={"node": True}, status_code=200)
-async def pull(request: Request[Any, Any, State], box: Box) -> Response[bytes]:
+async def pull(request: Request[Any, Any, State], box: Box, hub: Hub | None) -> Response[bytes]:
     """ "Here is my vector; send what I lack": one page, oldest arrivals first."""
     body = await request.body()
-    row, target = await _caller(request, box, body)
+    row, target = await _caller(request, box, hub, body)
     data = _unpack(body)
-    theirs = {str(k): int(v) for k, v in (data.get("vector") or {}).items()}
-    limit = max(1, min(int(data.get("limit") or DEFAULT_PAGE), protocol.MAX_PAGE_EVENTS))
+    try:
+        theirs = vectors.parse(data.get("vector"))
+        limit = max(1, min(int(data.get("limit") or DEFAULT_PAGE), protocol.MAX_PAGE_EVENTS))
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"malformed pull: {exc}", code="BAD_PAGE") from None
     store_id = target.node.store_id
 
     def build() -> tuple[dict[str, Any], bytes]:
@@ -142,7 +138,7 @@ async def pull(request: Request[Any, Any, State], box: Box) -> Response[bytes]:
         return page, protocol.pack_page(page)
 
     page, packed = await asyncio.to_thread(build)
-    if page["events"] or replicas.vector_of(row["their_vector"]) != theirs:
+    if page["events"] or vectors.unpack(row["their_vector"]) != theirs:
         # Bookkeeping for the status page only: written along with the next commit, not waited for,
         # so a page is never held back by a write that does not change what it carries.
         target.db.submit(
@@ -154,10 +150,10 @@ async def pull(request: Request[Any, Any, State], box: Box) -> Response[bytes]:
 
 
 @post("/api/replication/push", opt={"node": True}, status_code=200)
-async def push(request: Request[Any, Any, State], box: Box) -> Response[bytes]:
+async def push(request: Request[Any, Any, State], box: Box, hub: Hub | None) -> Response[bytes]:
     """Apply a page another node sent; answered only once it is committed, with what we now hold."""
     body = await request.body()
-    row, target = await _caller(request, box, body)
+    row, target = await _caller(request, box, hub, body)
     try:
         page = protocol.unpack_page(body)
     except protocol.ProtocolError as exc:
@@ -207,17 +203,17 @@ async def _in_order(target: Box, apply: Callable[[sqlite3.Connection], dict[str,
 
 
 @post("/api/replication/locks", opt={"node": True}, status_code=200)
-async def forwarded_lock(request: Request[Any, Any, State], box: Box) -> Response[bytes]:
+async def forwarded_lock(request: Request[Any, Any, State], box: Box, hub: Hub | None) -> Response[bytes]:
     """A claim, rack move, session lock or lease renewal another box of the store forwards for one of
     its people; answered with the result or the refusal a person at this box would get."""
     body = await request.body()
-    row, _ = await _caller(request, box, body)
+    row, _ = await _caller(request, box, hub, body)
     answer = await lock_forwarding.answer(box, row, body)
     return _signed(box, request, msgpack.packb(answer, use_bin_type=True), MSGPACK)
 
 
 @get("/api/replication/status", opt={"permission": "replication.read"}, sync_to_thread=True)
-def replication_status(request: Request[Any, Any, State], box: Box) -> dict[str, Any]:
+def replication_status(box: Box, hub: Hub | None) -> dict[str, Any]:
     """Every peer (and at HQ every store): lag, pending events, last success, bytes."""
     conn = box.db.read()
     vector = version_vector(conn)
@@ -228,7 +224,6 @@ def replication_status(request: Request[Any, Any, State], box: Box) -> dict[str,
         "events": sum(vector.values()),
         "peers": replicas.status(conn),
     }
-    hub = _hub(request)
     if hub is not None:
         stores = []
         for store_id in hub.store_ids():

@@ -23,10 +23,14 @@ class LoginForm(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @post("/api/auth/login", opt={"public": True}, sync_to_thread=True, status_code=200)
-def login(data: JSONBody[LoginForm], box: Box, request: Request[Any, Any, State]) -> dict[str, Any]:
-    throttle: LoginThrottle = request.app.state.login_throttle
-    passwords: Passwords = request.app.state.passwords
-    throttle.check(request.client.host if request.client else "?", data.username)
+def login(
+    data: JSONBody[LoginForm],
+    box: Box,
+    login_throttle: LoginThrottle,
+    passwords: Passwords,
+    request: Request[Any, Any, State],
+) -> dict[str, Any]:
+    login_throttle.check(request.client.host if request.client else "?", data.username)
     user, stored_hash = find_login(box.db.read(), data.username)
     # Verified on this request thread: argon2 is slow on purpose and must not hold the writer.
     if not passwords.verify(stored_hash, data.password) or user is None:

@@ -19,7 +19,7 @@ from appliance.api.deps import user_id_for
 from appliance.auth.people import User
 from appliance.auth.permissions import allowed
 from appliance.box import Box
-from appliance.counting import items, rollups, sessions
+from appliance.counting import codes, items, photos, rollups, sessions
 from appliance.errors import Forbidden, NotFound
 
 
@@ -155,7 +155,7 @@ def scan(session_id: str, data: JSONBody[Scan], box: Box, user: User) -> dict[st
         )
     )
     conn = box.db.read()
-    product_id, matched_by = items.resolve_code(conn, event.payload["code"])
+    product_id, matched_by = codes.resolve_code(conn, event.payload["code"])
     return {
         "event_id": event.event_id,
         "code": event.payload["code"],
@@ -232,16 +232,16 @@ async def add_photo(
     data = await request.body()
     photos_dir = box.settings.data_dir / "photos"
     # Checked before the file is written, so a refused upload leaves nothing on the disk.
-    items.check_photo_target(box.db.read(), user, session_id, product_id)
-    digest = await asyncio.to_thread(items.store_photo, photos_dir, data, content_type)
+    photos.check_photo_target(box.db.read(), user, session_id, product_id)
+    digest = await asyncio.to_thread(photos.store_photo, photos_dir, data, content_type)
     try:
         await box.db.awrite(
-            lambda conn: items.attach_photo(
+            lambda conn: photos.attach_photo(
                 conn, box.log, user, session_id, product_id, sha256=digest, content_type=content_type, size=len(data)
             )
         )
     except Exception:
-        items.forget_photo(box.db.read(), photos_dir, digest)
+        photos.forget_photo(box.db.read(), photos_dir, digest)
         raise
     return {"sha256": digest, "size": len(data)}
 
@@ -249,7 +249,7 @@ async def add_photo(
 @get("/api/photos/{sha256:str}", opt={"permission": "runs.read"}, sync_to_thread=True)
 def get_photo(box: Box, sha256: str) -> Response[bytes]:
     row = box.db.read().execute("SELECT content_type FROM photos WHERE sha256 = ? LIMIT 1", (sha256,)).fetchone()
-    path = items.photo_path(box.settings.data_dir / "photos", sha256)
+    path = photos.photo_path(box.settings.data_dir / "photos", sha256)
     if row is None or not path.exists():
         raise NotFound("no such photo", code="PHOTO_NOT_FOUND")
     return Response(path.read_bytes(), media_type=row[0])

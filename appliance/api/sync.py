@@ -17,6 +17,7 @@ from appliance.counting import ingest as sync
 from appliance.counting import items, locks, rollups, sessions
 from appliance.errors import Forbidden
 from appliance.replica import lock_forwarding
+from appliance.replica.lock_forwarding import LockForwarder
 
 
 class Heartbeat(msgspec.Struct, forbid_unknown_fields=True):
@@ -58,7 +59,13 @@ def _device_sessions(box: Box, device: Device) -> list[dict[str, Any]]:
 
 
 @post("/api/sync/heartbeat", opt={"device": True}, sync_to_thread=True, status_code=200)
-def heartbeat(data: JSONBody[Heartbeat], box: Box, device: Device, request: Request[Any, Any, State]) -> dict[str, Any]:
+def heartbeat(
+    data: JSONBody[Heartbeat],
+    box: Box,
+    device: Device,
+    device_forwarder: LockForwarder | None,
+    request: Request[Any, Any, State],
+) -> dict[str, Any]:
     address = request.client.host if request.client else ""
 
     def beat(conn: Any) -> int:
@@ -68,7 +75,7 @@ def heartbeat(data: JSONBody[Heartbeat], box: Box, device: Device, request: Requ
         return locks.renew(conn, ttl_ms=box.settings.lease_ttl_s * 1000, device_id=device.writer_id)
 
     renewed = box.db.write(beat)
-    lock_forwarding.renew_at_authority(request.app, device_id=device.writer_id)
+    lock_forwarding.renew_at_authority(device_forwarder, device_id=device.writer_id)
     box.bus.publish(
         [
             (

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Request, get, post
-from litestar.datastructures import State
+from litestar import get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 
@@ -40,9 +39,8 @@ def counters(box: Box) -> list[dict[str, Any]]:
 
 
 @post("/api/users", opt={"permission": "users.write"}, sync_to_thread=True, status_code=201)
-def add_user(data: JSONBody[NewUser], box: Box, request: Request[Any, Any, State]) -> dict[str, Any]:
+def add_user(data: JSONBody[NewUser], box: Box, passwords: Passwords) -> dict[str, Any]:
     username = people.check_new_user(data.username, data.role, data.password)
-    passwords: Passwords = request.app.state.passwords
     password_hash = passwords.hash(data.password)
     user = box.db.write(
         lambda conn: people.add_user(conn, box.log, username, data.display_name, data.role, password_hash)

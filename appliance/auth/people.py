@@ -181,3 +181,43 @@ class LoginThrottle:
             self._attempts[key] = recent
             if len(self._attempts) > 10_000:  # forget stale keys so memory stays bounded
                 self._attempts = {k: v for k, v in self._attempts.items() if now - v[-1] < 60}
+
+
+# -- stream tickets (docs: appliance/api/live.py) ----------------------------------------------------
+TICKET_TTL_S = 30
+_MAX_TICKETS = 10_000
+
+
+class StreamTickets:
+    """Single-use stream tickets: ticket -> (user id, monotonic deadline). Locked because the guard
+    that redeems them runs on Litestar's worker threads."""
+
+    def __init__(self, ttl_s: float = TICKET_TTL_S) -> None:
+        self._ttl_s = ttl_s
+        self._open: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def issue(self, user_id: str) -> str:
+        ticket = secrets.token_urlsafe(24)
+        now = time.monotonic()
+        with self._lock:
+            if len(self._open) >= _MAX_TICKETS:  # tickets nobody redeemed: forget the stale ones
+                self._open = {t: v for t, v in self._open.items() if v[1] > now}
+            self._open[ticket] = (user_id, now + self._ttl_s)
+        return ticket
+
+    def redeem(self, ticket: str) -> str:
+        """The ticket's user id; the ticket is spent whether or not it was still good."""
+        with self._lock:
+            held = self._open.pop(ticket, None)
+        if held is None or held[1] <= time.monotonic():
+            raise Unauthenticated("the stream ticket is unknown, used or expired; ask for a new one")
+        return held[0]
+
+
+def user_for_ticket(tickets: StreamTickets, conn: sqlite3.Connection, ticket: str) -> User:
+    """The guard's check for ``?ticket=``: a live ticket of a person who is still active."""
+    person = get_user(conn, tickets.redeem(ticket))
+    if not person["active"]:
+        raise Unauthenticated("this person can no longer log in")
+    return User(person["user_id"], person["username"], person["display_name"], person["role"])

@@ -19,7 +19,7 @@ import msgpack
 import msgspec
 
 from appliance.auth.devices import Device
-from appliance.counting import items
+from appliance.counting import codes, items
 from appliance.errors import BadRequest, ValidationFailed
 from appliance.store.eventlog import EventLog
 from replication.wire.codec import Event, verify_chain, verify_chain_head
@@ -118,8 +118,8 @@ def _check_payload(event_type: str, payload: dict[str, Any]) -> None:
     except msgspec.ValidationError as exc:
         raise ValueError(str(exc)) from None
     if isinstance(value, ScanRecorded | ScanUndone):
-        if not 0 < len(value.code) <= items.MAX_CODE:
-            raise ValueError(f"code must be 1-{items.MAX_CODE} characters")
+        if not 0 < len(value.code) <= codes.MAX_CODE:
+            raise ValueError(f"code must be 1-{codes.MAX_CODE} characters")
         if not 0 < value.qty <= items.MAX_QTY:
             raise ValueError(f"qty must be 1-{items.MAX_QTY}")
     elif isinstance(value, Adjusted):

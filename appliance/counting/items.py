@@ -1,8 +1,8 @@
 """Items: what a session counted of each product, folded from scans, adjustments and edits.
 
 Quantities are PN-counters with one entry per writer, kept per scanned code; a code resolves to a
-product through ``scan_codes``, which is recomputed whenever the product master or a code mapping
-changes, so an unmatched code mapped later re-resolves every count made with it. Attributes are LWW
+product through ``scan_codes`` (``appliance.counting.codes``), so an unmatched code mapped later
+re-resolves every count made with it. Attributes are LWW
 registers, serials an add-wins OR-set (DESIGN §4). Every command here records one event through
 ``EventLog.record``; device batches fold the same event types through the same projectors.
 """
@@ -10,15 +10,12 @@ registers, serials an add-wins OR-set (DESIGN §4). Every command here records o
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import os
 import sqlite3
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from appliance.auth.people import User
-from appliance.catalog import products
+from appliance.counting.codes import MAX_CODE, PRODUCT_CODE_PREFIX, note_codes
 from appliance.counting.sessions import _require_actor, get_session
 from appliance.errors import Conflict, NotFound, ValidationFailed
 from appliance.store.db import insert_rows
@@ -27,27 +24,21 @@ from replication.wire.codec import Event
 
 projection_tables(
     "scan_counts",
-    "scan_codes",
-    "code_mappings",
     "scan_undos",
     "scan_claims",
     "damage_counts",
     "item_attrs",
     "serial_adds",
     "serial_removes",
-    "photos",
 )
 
 MAX_QTY = 100_000
-MAX_CODE = 64
-PRODUCT_CODE_PREFIX = "@"  # counts set on a product card are kept under the code "@<product_id>"
 ITEM_STATUSES = ("partial", "finalized", "re-verify")
 CONDITIONS = ("good", "damaged", "expired", "opened", "repackaged", "other")
-PHOTO_TYPES = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp"}
 ATTRIBUTES = ("mfg_date", "mrp_minor", "uom", "condition", "category", "status")
 
 
-def _counting_session(conn: sqlite3.Connection, actor: User, session_id: str, supervising: bool = False) -> sqlite3.Row:
+def counting_session(conn: sqlite3.Connection, actor: User, session_id: str, supervising: bool = False) -> sqlite3.Row:
     """The session a change goes into. A supervisor resolving a conflict may also change a
     SUBMITTED session (that is when conflicts get reviewed); nobody changes APPROVED or VOID ones."""
     session = get_session(conn, session_id)
@@ -74,7 +65,7 @@ def _check_qty(qty: int, field: str = "qty", *, allow_zero: bool = False) -> int
     return qty
 
 
-def _product(conn: sqlite3.Connection, product_id: str) -> None:
+def require_product(conn: sqlite3.Connection, product_id: str) -> None:
     if conn.execute("SELECT 1 FROM products WHERE product_id = ?", (product_id,)).fetchone() is None:
         raise NotFound(f"product {product_id} does not exist", code="PRODUCT_NOT_FOUND")
 
@@ -112,12 +103,12 @@ def record_scan(
 ) -> Event:
     """One scan (or a typed code with a quantity). ``product_id`` says which item the verifier was
     verifying, so that a barcode of another product is flagged rather than silently counted."""
-    session = _counting_session(conn, actor, session_id)
+    session = counting_session(conn, actor, session_id)
     scanned = code.strip()
     if not scanned or len(scanned) > MAX_CODE:
         raise ValidationFailed(f"code must be 1-{MAX_CODE} characters", details={"field": "code"})
     if product_id is not None:
-        _product(conn, product_id)
+        require_product(conn, product_id)
     from appliance.counting.locks import lease_token  # locks builds on this package; imported late
 
     rack_id = _session_rack(conn, session, rack_code)
@@ -144,7 +135,7 @@ def undo_scan(
     supervising: bool = False,
 ) -> None:
     """Undo records a negating event; the scan itself stays in the log."""
-    _counting_session(conn, actor, session_id, supervising)
+    counting_session(conn, actor, session_id, supervising)
     row = conn.execute("SELECT writer_id, type, payload FROM events WHERE event_id = ?", (event_id,)).fetchone()
     if row is None or row["type"] != "scan.recorded":
         raise NotFound(f"scan {event_id} does not exist", code="SCAN_NOT_FOUND")
@@ -186,8 +177,8 @@ def set_quantity(
     supervising: bool = False,
 ) -> None:
     """ "Set to N": records the adjustment from what the box holds now to N."""
-    _counting_session(conn, actor, session_id, supervising)
-    _product(conn, product_id)
+    counting_session(conn, actor, session_id, supervising)
+    require_product(conn, product_id)
     target = _check_qty(qty, allow_zero=True)
     delta = target - item_quantity(conn, session_id, product_id)
     if delta:
@@ -214,8 +205,8 @@ def set_damage(
     *,
     supervising: bool = False,
 ) -> None:
-    _counting_session(conn, actor, session_id, supervising)
-    _product(conn, product_id)
+    counting_session(conn, actor, session_id, supervising)
+    require_product(conn, product_id)
     target = _check_qty(qty, "damage_qty", allow_zero=True)
     delta = target - damage_quantity(conn, session_id, product_id)
     if delta:
@@ -232,7 +223,7 @@ def set_damage(
         )
 
 
-# -- attributes, serials, photos ------------------------------------------------------------------
+# -- attributes and serials ------------------------------------------------------------------------
 def check_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
     clean: dict[str, Any] = {}
     for name, value in attrs.items():
@@ -272,8 +263,8 @@ def set_attributes(
     *,
     supervising: bool = False,
 ) -> None:
-    _counting_session(conn, actor, session_id, supervising)
-    _product(conn, product_id)
+    counting_session(conn, actor, session_id, supervising)
+    require_product(conn, product_id)
     clean = check_attributes(attrs)
     if clean:
         log.record(
@@ -293,8 +284,8 @@ def add_serial(
     *,
     supervising: bool = False,
 ) -> None:
-    _counting_session(conn, actor, session_id, supervising)
-    _product(conn, product_id)
+    counting_session(conn, actor, session_id, supervising)
+    require_product(conn, product_id)
     text = serial.strip()
     if not text or len(text) > 64:
         raise ValidationFailed("a serial number is 1-64 characters", details={"field": "serial"})
@@ -317,7 +308,7 @@ def remove_serial(
     *,
     supervising: bool = False,
 ) -> None:
-    _counting_session(conn, actor, session_id, supervising)
+    counting_session(conn, actor, session_id, supervising)
     tags = [
         row[0]
         for row in conn.execute(
@@ -339,136 +330,6 @@ def remove_serial(
             "by": actor.user_id,
         },
     )
-
-
-def check_photo_target(conn: sqlite3.Connection, actor: User, session_id: str, product_id: str) -> None:
-    """Everything ``attach_photo`` will check, asked before the photo touches the disk."""
-    _counting_session(conn, actor, session_id)
-    _product(conn, product_id)
-
-
-def forget_photo(conn: sqlite3.Connection, photos_dir: Path, digest: str) -> None:
-    """Remove a stored photo that ended up attached to nothing."""
-    if conn.execute("SELECT 1 FROM photos WHERE sha256 = ? LIMIT 1", (digest,)).fetchone() is None:
-        photo_path(photos_dir, digest).unlink(missing_ok=True)
-
-
-def store_photo(photos_dir: Path, data: bytes, content_type: str) -> str:
-    """Keep a photo on disk under its SHA-256 (fsynced, written once); return the hash."""
-    if content_type not in PHOTO_TYPES:
-        raise ValidationFailed(
-            f"photos must be one of {', '.join(PHOTO_TYPES)}",
-            code="BAD_PHOTO",
-            details={"content_type": content_type},
-        )
-    if not data:
-        raise ValidationFailed("the photo is empty", code="BAD_PHOTO")
-    digest = hashlib.sha256(data).hexdigest()
-    path = photo_path(photos_dir, digest)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    return digest
-
-
-def photo_path(photos_dir: Path, digest: str) -> Path:
-    return photos_dir / digest[:2] / digest
-
-
-def attach_photo(
-    conn: sqlite3.Connection,
-    log: EventLog,
-    actor: User,
-    session_id: str,
-    product_id: str,
-    *,
-    sha256: str,
-    content_type: str,
-    size: int,
-) -> None:
-    _counting_session(conn, actor, session_id)
-    _product(conn, product_id)
-    log.record(
-        conn,
-        "photo.attached",
-        {
-            "session_id": session_id,
-            "product_id": product_id,
-            "sha256": sha256,
-            "content_type": content_type,
-            "size": size,
-            "by": actor.user_id,
-        },
-    )
-
-
-def map_code(conn: sqlite3.Connection, log: EventLog, actor: User, code: str, sku: str) -> dict[str, Any]:
-    """Map an unmatched code to a product; every count made with the code re-resolves."""
-    row = conn.execute("SELECT product_id FROM products WHERE sku = ? COLLATE NOCASE", (sku.strip(),)).fetchone()
-    if row is None:
-        raise NotFound(f"product {sku} does not exist", code="PRODUCT_NOT_FOUND")
-    scanned = code.strip()
-    if not scanned or len(scanned) > MAX_CODE:
-        raise ValidationFailed(f"code must be 1-{MAX_CODE} characters", details={"field": "code"})
-    log.record(conn, "code.mapped", {"code": scanned, "product_id": row[0], "by": actor.user_id})
-    return {"code": scanned, "product_id": row[0]}
-
-
-# -- resolution -----------------------------------------------------------------------------------
-def resolve_code(conn: sqlite3.Connection, code: str) -> tuple[str | None, str]:
-    """The product a scanned code stands for now, and how it was matched."""
-    return resolve_codes(conn, [code])[code]
-
-
-def resolve_codes(conn: sqlite3.Connection, codes: list[str]) -> dict[str, tuple[str | None, str]]:
-    """``resolve_code`` for many codes at once: a mapping first, then a product card's own code, then
-    the product master (barcode, then SKU), in a few statements whatever the number of codes."""
-    out: dict[str, tuple[str | None, str]] = {}
-    for at in range(0, len(codes), 500):
-        chunk = codes[at : at + 500]
-        marks = ", ".join("?" * len(chunk))
-        rows = conn.execute(f"SELECT code, product_id FROM code_mappings WHERE code IN ({marks})", chunk)
-        out.update((code, (product_id, "mapping")) for code, product_id in rows)
-    rest = []
-    for code in codes:
-        if code in out:
-            continue
-        if code.startswith(PRODUCT_CODE_PREFIX):
-            out[code] = (code[len(PRODUCT_CODE_PREFIX) :], "product")
-        else:
-            rest.append(code)
-    out.update(products.resolve_ids(conn, rest))
-    return out
-
-
-def note_codes(conn: sqlite3.Connection, codes: set[str]) -> None:
-    """Resolve codes seen for the first time against this replica's product master (a code already
-    known keeps its resolution until an import or a mapping re-resolves it)."""
-    # One statement asks which codes are known: each statement lets the writer thread's GIL go and
-    # costs a wait to take it back while the event loop is busy, so a batch's 50 codes are one ask.
-    wanted = sorted(codes)  # the same rows in the same order on every replica
-    known: set[str] = set()
-    for at in range(0, len(wanted), 500):
-        chunk = wanted[at : at + 500]
-        marks = ", ".join("?" * len(chunk))
-        known.update(row[0] for row in conn.execute(f"SELECT code FROM scan_codes WHERE code IN ({marks})", chunk))
-    fresh = [code for code in wanted if code not in known]
-    resolved = resolve_codes(conn, fresh)
-    new = [(code, *resolved[code]) for code in fresh]
-    if new:
-        insert_rows(conn, "INSERT INTO scan_codes (code, product_id, matched_by)", new)
-
-
-def re_resolve(conn: sqlite3.Connection, codes: list[str]) -> None:
-    """Resolve codes already seen again, after the product master or a mapping changed."""
-    resolved = resolve_codes(conn, codes)
-    rows = [(*resolved[code], code) for code in codes]
-    conn.executemany("UPDATE scan_codes SET product_id = ?, matched_by = ? WHERE code = ?", rows)
 
 
 # -- projections ----------------------------------------------------------------------------------
@@ -576,33 +437,6 @@ def _serial_added(conn: sqlite3.Connection, event: Event) -> None:
 @projector("serial.removed")
 def _serial_removed(conn: sqlite3.Connection, event: Event) -> None:
     conn.executemany("INSERT OR IGNORE INTO serial_removes (tag) VALUES (?)", [(t,) for t in event.payload["tags"]])
-
-
-@projector("photo.attached")
-def _photo_attached(conn: sqlite3.Connection, event: Event) -> None:
-    p = event.payload
-    conn.execute(
-        "INSERT OR IGNORE INTO photos (session_id, product_id, sha256, content_type, size) VALUES (?, ?, ?, ?, ?)",
-        (p["session_id"], p["product_id"], p["sha256"], p["content_type"], p["size"]),
-    )
-
-
-@projector("code.mapped")
-def _code_mapped(conn: sqlite3.Connection, event: Event) -> None:
-    p = event.payload
-    conn.execute(
-        "INSERT INTO code_mappings (code, product_id, hlc, writer_id) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT DO UPDATE SET product_id = excluded.product_id, hlc = excluded.hlc,"
-        " writer_id = excluded.writer_id"
-        " WHERE (excluded.hlc, excluded.writer_id) > (code_mappings.hlc, code_mappings.writer_id)",
-        (p["code"], p["product_id"], event.hlc, event.writer_id),
-    )
-    re_resolve(conn, [p["code"]])
-
-
-@projector("products.imported")
-def _products_imported(conn: sqlite3.Connection, event: Event) -> None:
-    re_resolve(conn, [row[0] for row in conn.execute("SELECT code FROM scan_codes")])
 
 
 # -- queries --------------------------------------------------------------------------------------

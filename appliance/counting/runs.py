@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from appliance.auth.people import User
@@ -20,6 +21,21 @@ from replication.wire.codec import Event
 projection_tables("runs", "run_products", "run_racks", "run_expected")
 
 RUN_KINDS = ("hard", "directed")
+
+# A run that ends early (cancelled, or completed by force) ends its open sessions in the same
+# transaction. Sessions belong to a run, so ``sessions`` imports this module and registers how.
+SessionEnder = Callable[[sqlite3.Connection, EventLog, User, str, str], object]
+_session_enders: list[SessionEnder] = []
+
+
+def on_run_ended(ender: SessionEnder) -> SessionEnder:
+    _session_enders.append(ender)
+    return ender
+
+
+def _end_sessions(conn: sqlite3.Connection, log: EventLog, actor: User, run_id: str, reason: str) -> None:
+    for ender in _session_enders:
+        ender(conn, log, actor, run_id, reason)
 
 
 def get_run(conn: sqlite3.Connection, run_id: str) -> sqlite3.Row:
@@ -251,9 +267,7 @@ def complete_run(
         extra={"forced": bool(open_sessions), "open_sessions": [s["session_id"] for s in open_sessions]},
     )
     if open_sessions:
-        from appliance.counting.sessions import void_open_sessions
-
-        void_open_sessions(conn, log, actor, run_id, f"run completed by force: {reason.strip()}")
+        _end_sessions(conn, log, actor, run_id, f"run completed by force: {reason.strip()}")
 
 
 def close_run(conn: sqlite3.Connection, log: EventLog, actor: User, run_id: str) -> None:
@@ -264,9 +278,7 @@ def cancel_run(conn: sqlite3.Connection, log: EventLog, actor: User, run_id: str
     if not reason.strip():
         raise ValidationFailed("cancelling a run needs a reason", code="REASON_REQUIRED")
     _move(conn, log, actor, get_run(conn, run_id), "CANCELLED", reason=reason.strip())
-    from appliance.counting.sessions import void_open_sessions
-
-    void_open_sessions(conn, log, actor, run_id, f"run cancelled: {reason.strip()}")
+    _end_sessions(conn, log, actor, run_id, f"run cancelled: {reason.strip()}")
 
 
 # -- projections ----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any
 
 from appliance.auth.people import User
 from appliance.counting.lifecycle import ACTIVE_SESSION, SESSION_ACTIONS, SESSION_RANK, session_can
-from appliance.counting.runs import get_run
+from appliance.counting.runs import get_run, on_run_ended
 from appliance.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from appliance.store.eventlog import EventLog, new_id, projection_tables, projector
 from replication.wire.codec import Event
@@ -230,6 +230,7 @@ def void_session(conn: sqlite3.Connection, log: EventLog, actor: User, session_i
     _status(conn, log, actor, session, "void", reason=reason.strip())
 
 
+@on_run_ended
 def void_open_sessions(conn: sqlite3.Connection, log: EventLog, actor: User, run_id: str, reason: str) -> list[str]:
     """When a run is cancelled or force-completed, its unfinished sessions end too (VOID), so that
     nobody stays tied to a session of a run that is over."""

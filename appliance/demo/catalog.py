@@ -22,7 +22,7 @@ from pathlib import Path
 from biip.checksums import gs1_standard_check_digit
 from biip.upc import Upc
 
-from appliance.catalog.products import COLUMNS
+from appliance.catalog.product_import import COLUMNS
 from hardware.barcodes import BarcodeError, check, interpretations
 
 FORMS = ("ean13", "upca", "upce", "ean8", "gtin14")

@@ -12,7 +12,7 @@ import sqlite3
 
 from appliance.auth import people
 from appliance.box import Box
-from appliance.catalog import layout, products
+from appliance.catalog import layout, product_import
 from appliance.demo.catalog import write_demo_products
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def seed_demo(box: Box) -> None:
         log.info("demo store already present; leaving it as it is")
         return
     catalog_file = write_demo_products(box.settings.data_dir / "demo" / "products.csv", DEMO_PRODUCTS)
-    plan = products.parse_file(catalog_file.read_bytes(), catalog_file.name)
+    plan = product_import.parse_file(catalog_file.read_bytes(), catalog_file.name)
     passwords = people.Passwords(box.settings.password_memory_kib, box.settings.password_time_cost)
     users = [(name, role, passwords.hash(pw), display) for name, role, pw, display in DEMO_USERS]
 
@@ -57,7 +57,7 @@ def seed_demo(box: Box) -> None:
                 layout.add_rack(conn, box.log, code, f"{code}-{number:02d}", f"{name} rack {number}")
         for name, role, password_hash, display in users:
             people.add_user(conn, box.log, name, display, role, password_hash)
-        products.commit(conn, box.log, plan)
+        product_import.commit(conn, box.log, plan)
 
     box.db.write(seed)
     log.info(

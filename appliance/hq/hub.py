@@ -21,9 +21,9 @@ from typing import Any
 
 from appliance.box import Box, open_box
 from appliance.errors import BadRequest, NotFound
-from appliance.replica.store import vector_of
 from appliance.settings import Settings
 from appliance.store.eventlog import version_vector
+from replication.wire import vectors
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class Hub:
         vector = version_vector(conn)
         runs = dict(conn.execute("SELECT status, count(*) FROM runs WHERE kind IS NOT NULL GROUP BY status"))
         peers = conn.execute("SELECT last_ok_at, their_vector FROM peers").fetchall()
-        delivered = [vector_of(row["their_vector"]).get(hq, 0) for row in peers]
+        delivered = [vectors.unpack(row["their_vector"]).get(hq, 0) for row in peers]
         return {
             "store_id": store_id,
             "events": sum(vector.values()),

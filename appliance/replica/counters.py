@@ -21,15 +21,15 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-import msgpack
-
-from appliance.counting.items import PRODUCT_CODE_PREFIX, note_codes, re_resolve
+from appliance.counting.codes import PRODUCT_CODE_PREFIX, note_codes, re_resolve
 from appliance.errors import BadRequest, Forbidden
 from appliance.store.eventlog import version_vector
+from replication.peers.store import COUNTERS
+from replication.wire import vectors
 from replication.wire.codec import unpack
 from replication.wire.protocol import API_VERSION
 
-MODE = "counters"
+MODE = COUNTERS
 SESSION_COLUMNS = (
     "session_id",
     "run_id",
@@ -140,7 +140,7 @@ def _rows(conn: sqlite3.Connection, sql: str, keys: set[Any]) -> list[list[Any]]
 def covered(conn: sqlite3.Connection) -> dict[str, int]:
     """The store vector whose effects HQ's rows hold."""
     row = conn.execute("SELECT value FROM replica_meta WHERE name = 'counter_vector'").fetchone()
-    return dict(msgpack.unpackb(row[0], raw=False)) if row else {}
+    return vectors.unpack(row[0] if row else None)
 
 
 def merge(conn: sqlite3.Connection, store_id: str, page: dict[str, Any]) -> dict[str, int]:
@@ -149,14 +149,12 @@ def merge(conn: sqlite3.Connection, store_id: str, page: dict[str, Any]) -> dict
         raise Forbidden(f"page of store {page.get('store')!r} offered to {store_id!r}", code="WRONG_STORE")
     try:
         _merge(conn, page)
-        vector = covered(conn)
-        for writer, seq in (page.get("vector") or {}).items():
-            vector[str(writer)] = max(vector.get(str(writer), 0), int(seq))
+        vector = vectors.join(covered(conn), vectors.parse(page.get("vector")))
     except (TypeError, ValueError, KeyError) as exc:
         raise BadRequest(f"malformed counter page: {exc}", code="BAD_PAGE") from None
     conn.execute(
         "INSERT OR REPLACE INTO replica_meta (name, value) VALUES ('counter_vector', ?)",
-        (msgpack.packb(vector, use_bin_type=True),),
+        (vectors.pack(vector),),
     )
     return vector
 

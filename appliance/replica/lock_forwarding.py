@@ -29,13 +29,11 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import msgspec
-from litestar import Litestar
 
 from appliance.auth.people import User
 from appliance.auth.permissions import allowed
@@ -114,20 +112,20 @@ def apply(conn: sqlite3.Connection, box: Box, actor: User, op: LockOp) -> dict[s
     raise BadRequest(f"unknown lock operation {op.op!r}", code="BAD_LOCK_REQUEST")
 
 
-async def perform(app: Litestar, box: Box, actor: User, op: LockOp) -> dict[str, Any]:
+async def perform(box: Box, forwarder: LockForwarder | None, actor: User, op: LockOp) -> dict[str, Any]:
     """What a lock route does: grant here at the authority, or forward and hand the answer on."""
     if box.settings.lock_authority:
         return await box.db.awrite(lambda conn: apply(conn, box, actor, op))
-    forwarder: LockForwarder | None = getattr(app.state, "lock_forwarder", None)
     if forwarder is None:
         raise _unknown("this box does not grant locks and has no other box of the store to forward them to")
     return await forwarder.forward(op)
 
 
-def renew_at_authority(app: Litestar, *, user_id: str | None = None, device_id: str | None = None) -> None:
+def renew_at_authority(
+    forwarder: LockForwarder | None, *, user_id: str | None = None, device_id: str | None = None
+) -> None:
     """After a heartbeat renewed this box's mirror, renew the leases at the authority too (in the
     background: a heartbeat is answered whether or not the authority is reachable)."""
-    forwarder: LockForwarder | None = getattr(app.state, "lock_forwarder", None)
     if forwarder is not None:
         forwarder.renew_soon(user_id=user_id, device_id=device_id)
 
@@ -420,19 +418,3 @@ class LockForwarder:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-@asynccontextmanager
-async def lock_forwarding_lifespan(app: Litestar) -> AsyncIterator[None]:
-    """Only a store box that does not grant locks forwards them; it uses the replicator's links, which
-    the replication lifespan (entered before this one) puts on the app state."""
-    box: Box = app.state.box
-    if box.node.role == "hq" or box.settings.lock_authority:
-        yield
-        return
-    forwarder = LockForwarder(box, lambda: getattr(app.state, "replicator", None), asyncio.get_running_loop())
-    app.state.lock_forwarder = forwarder
-    try:
-        yield
-    finally:
-        await forwarder.close()

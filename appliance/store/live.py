@@ -86,7 +86,6 @@ class EventBus:
         self._subscribers: set[Subscription] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self.published = 0
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -98,7 +97,6 @@ class EventBus:
         self._loop.call_soon_threadsafe(self._deliver, messages)
 
     def _deliver(self, messages: list[tuple[int | None, dict[str, Any]]]) -> None:
-        self.published += len(messages)
         for sub in list(self._subscribers):
             if sub.behind:
                 continue

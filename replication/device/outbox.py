@@ -33,13 +33,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ulid import ULID
 
 from replication.device.payloads import check_payload
+from replication.errors import NeedsPerson
 from replication.wire.codec import Event, unpack
 from replication.wire.codec import load_or_create_key as codec_load_key
 from replication.wire.hlc import HybridClock, wall_ms
 
 KEY_FILE = "device.key"
 STATUSES = ("pending", "synced", "conflict", "failed")
-SETTLED = frozenset({"synced", "conflict"})
 
 _SCHEMA = """
 CREATE TABLE identity (
@@ -80,8 +80,11 @@ CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT);
 """
 
 
-class NotPaired(RuntimeError):
-    """The outbox has no writer id yet: events cannot be chained before the box names the writer."""
+class NotPaired(NeedsPerson, RuntimeError):
+    """The outbox has no writer id yet: events cannot be chained before the box names the writer.
+
+    Someone has to run ``device pair``; still a ``RuntimeError`` for callers that catch it as one.
+    """
 
 
 @dataclass(frozen=True)
@@ -140,10 +143,6 @@ def load_or_create_key(folder: Path) -> Ed25519PrivateKey:
     """The device key, made on first use (see ``codec.load_or_create_key``)."""
     key, _ = codec_load_key(folder / KEY_FILE)
     return key
-
-
-def public_key_hex(key: Ed25519PrivateKey) -> str:
-    return key.public_key().public_bytes_raw().hex()
 
 
 class Outbox:

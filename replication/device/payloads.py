@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from replication.errors import NeedsPerson
 from replication.wire.codec import CodecError, canonical
 
 MAX_CODE = 64
@@ -28,8 +29,11 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 Check = Callable[[str, Any], None]
 
 
-class PayloadError(ValueError):
-    """A payload the box would refuse with ``VALIDATION``; the message names the field."""
+class PayloadError(NeedsPerson, ValueError):
+    """A payload the box would refuse with ``VALIDATION``; the message names the field.
+
+    Still a ``ValueError``, which is how callers checking a payload have always caught it.
+    """
 
 
 def _str(name: str, value: Any) -> None:

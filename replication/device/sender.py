@@ -9,9 +9,10 @@ Rules (docs/sync-protocol.md §3.1, §4):
   sender goes on, because a conflict must never block other scans).
 * ``SEQUENCE_GAP`` → send again from the box's ``expected_seq`` at once. Two batches in flight can
   overtake each other on the way, so the sender first lets the other batch land, then resends.
-* Network failures, timeouts, 5xx, 429 (and ``CLOCK_AHEAD``, which time heals) → wait 2 s doubling
-  to 5 min, each wait times a random factor in [0.5, 1.5] so that a floor of handhelds does not hit
-  a box that comes back all in the same second; the wait starts over after a success.
+* Network failures, timeouts, 5xx, 408, 429 (the rule of ``replication.retry``) and ``CLOCK_AHEAD``,
+  which time heals → wait 2 s doubling to 5 min, each wait times a random factor in [0.5, 1.5] so
+  that a floor of handhelds does not hit a box that comes back all in the same second; the wait
+  starts over after a success.
 * Anything else (a refused event, 400, 401, 403 REVOKED) → the records are failed and the sender
   stops: sending again would get the same answer, and a person has to look.
 
@@ -34,6 +35,7 @@ import aiohttp
 
 from replication.device import transport
 from replication.device.outbox import Mark, Outbox, Record
+from replication.retry import Backoff as Backoff  # re-exported: callers still import it from here
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +58,6 @@ class SenderSettings:
             raise ValueError("max_in_flight must be 1 or 2 (docs/sync-protocol.md §4)")
         if not 0 < self.backoff_base_s <= self.backoff_max_s:
             raise ValueError("backoff_base_s must be > 0 and <= backoff_max_s")
-
-
-class Backoff:
-    """Exponential waits with jitter; ``reset`` after a success."""
-
-    def __init__(self, base: float, ceiling: float, rng: random.Random) -> None:
-        self.base, self.ceiling, self._rng = base, ceiling, rng
-        self.attempts = 0
-
-    def next_delay(self) -> float:
-        delay: float = min(self.ceiling, self.base * 2.0 ** min(self.attempts, 32)) * self._rng.uniform(0.5, 1.5)
-        self.attempts += 1
-        return delay
-
-    def reset(self) -> None:
-        self.attempts = 0
 
 
 @dataclass

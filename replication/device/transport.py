@@ -4,11 +4,14 @@ Everything aiohttp can raise stops here and comes out as one of ours, so the sen
 do from the class alone (docs/sync-protocol.md §4)::
 
     SyncError                 anything that kept a request from being answered with 2xx
-    ├── Retryable             the network, a timeout, 5xx, 429: try again after a backoff
+    ├── Retryable             the network, a timeout, 5xx, 408, 429: try again after a backoff
     └── NeedsPerson           the box refused the request as such: stop and show it
         └── PayloadTooLarge   413: the sender may split the batch instead of stopping
 
-Each carries the HTTP ``status`` (0 when there was no answer) and the box's ``code``.
+Each carries the HTTP ``status`` (0 when there was no answer) and the box's ``code``. They hang under
+``replication.errors`` (``Retryable`` is also an ``errors.Retryable``, ``NeedsPerson`` an
+``errors.NeedsPerson``), and which refusals are retryable is ``replication.retry``'s rule, the one the
+peer client follows too.
 
 One ``aiohttp.ClientSession`` per process (``open_session``), handed to every call: it pools the
 connections, so two batches in flight reuse two kept-alive sockets instead of a handshake each.
@@ -24,13 +27,15 @@ import aiohttp
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from replication import errors
+from replication.retry import retryable_status
 from replication.wire.codec import Event, pack, sign_chain_head
 
 MSGPACK = "application/msgpack"
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=60, connect=5, sock_connect=5, sock_read=30)
 
 
-class SyncError(Exception):
+class SyncError(errors.ReplicationError):
     """A request the box did not answer with success."""
 
     def __init__(
@@ -44,11 +49,11 @@ class SyncError(Exception):
         self.retry_after = retry_after
 
 
-class Retryable(SyncError):
+class Retryable(SyncError, errors.Retryable):
     """Nothing is wrong with the request; the way to the box or the box itself is not well now."""
 
 
-class NeedsPerson(SyncError):
+class NeedsPerson(SyncError, errors.NeedsPerson):
     """Sending it again will get the same answer; someone has to look (pair again, fix, ask)."""
 
 
@@ -81,7 +86,7 @@ def _failure(status: int, body: Any, reason: str, retry_after: float) -> SyncErr
     code = str(fields.get("code") or f"HTTP_{status}")
     message = str(fields.get("message") or fields.get("detail") or reason)
     details = fields.get("details")
-    if status == 429 or status >= 500:
+    if retryable_status(status, code):
         return Retryable(message, status=status, code=code, details=details, retry_after=retry_after)
     if status == 413:
         return PayloadTooLarge(message, status=status, code=code, details=details)

@@ -2,12 +2,15 @@
 
 Every request is signed with this node's key; every answer must be signed by the node enrolled at
 that URL, so a box on the wrong end of a hijacked address gets nothing applied. Errors come back as
-``PeerError`` saying whether trying again later can help (network, 5xx, 429) or a person must act
-(wrong store, bad secret, a forged page).
+``PeerError`` saying whether trying again later can help (network, 5xx, 408, 429) or a person must act
+(wrong store, bad secret, a forged page). A ``PeerError`` is a ``replication.errors.ReplicationError``
+whose ``retryable`` is set per instance, and a refusal is judged by ``replication.retry``'s rule, the
+same one a handheld's sender follows.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,13 +18,17 @@ import aiohttp
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from replication.errors import ReplicationError
+from replication.retry import retryable_status
 from replication.wire import protocol
 from replication.wire.hlc import wall_ms
 
 TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=5)
 
 
-class PeerError(Exception):
+class PeerError(ReplicationError):
+    """Either branch: the same call fails for a dead network or for a forged answer, so the raiser says."""
+
     def __init__(self, code: str, message: str, *, retryable: bool, status: int | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
@@ -152,13 +159,12 @@ class PeerClient:
 
 
 def _refusal(status: int, payload: bytes) -> PeerError:
+    """The peer's ``{code, message}``; a proxy's or a crashed server's page keeps its status as the code."""
+    code, message = f"HTTP_{status}", payload[:200].decode("utf-8", "replace")
     try:
-        import json
-
         body = json.loads(payload)
-        code, message = str(body.get("code")), str(body.get("message"))
     except ValueError:
-        code, message = f"HTTP_{status}", payload[:200].decode("utf-8", "replace")
-    return PeerError(
-        code, message, retryable=status >= 500 or status in (408, 429) or code == "NOT_ENROLLED", status=status
-    )
+        body = None
+    if isinstance(body, dict) and body.get("code"):
+        code, message = str(body["code"]), str(body.get("message") or "")
+    return PeerError(code, message, retryable=retryable_status(status, code), status=status)

@@ -1,4 +1,4 @@
-"""The box's background exchanges: pull from the store's other boxes, push to and pull from HQ.
+"""A replica's background exchanges: pull from the store's other boxes, push to and pull from HQ.
 
 Every box pulls from every peer it knows (the ``peers`` setting and those mDNS finds), so two boxes
 that can see each other converge within one pull interval whichever way the events flowed. HQ cannot
@@ -17,24 +17,16 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import aiohttp
-from litestar import Litestar
 
-from appliance.box import Box
-from appliance.replica import counters
-from appliance.replica import store as replicas
-from appliance.store.db import collector_paused
-from appliance.store.eventlog import version_vector
-from replication.device.sender import Backoff
 from replication.peers.client import Me, PeerClient, PeerError
-from replication.tasks import running
-from replication.wire import protocol
+from replication.peers.store import COUNTERS, LOG, LinkSettings, ReplicaStore
+from replication.retry import Backoff
+from replication.wire import protocol, vectors
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +53,20 @@ class Link:
 
 class Replicator:
     def __init__(
-        self, box: Box, http: aiohttp.ClientSession, discovered: Callable[[], list[str]] | None = None
+        self,
+        me: Me,
+        store: ReplicaStore,
+        settings: LinkSettings,
+        http: aiohttp.ClientSession,
+        discovered: Callable[[], list[str]] | None = None,
     ) -> None:
-        self.box = box
+        self.me = me
+        self.store = store
+        self.settings = settings
         self.http = http
-        self.settings = box.settings
         self._discovered = discovered or (lambda: [])
         self._links: dict[str, Link] = {}
         self._rng = random.Random()
-        node = box.node
-        self.me = Me(node.node_id, node.store_id, node.key, node.public_key, self.settings.public_url)
-        self.rounds = 0
         # Per writer, the highest seq of pages received and queued for the writer thread but perhaps
         # not yet committed. Pulls ask from here, so that two peers relaying the same third box's
         # events do not both send them; forgotten when a page fails, and the next pull asks from disk.
@@ -125,7 +120,6 @@ class Replicator:
                         followers[url] = (link, asyncio.create_task(self._follow(link), name=f"replicate:{url}"))
                 for url in [url for url in followers if url not in targets]:
                     followers.pop(url)[1].cancel()
-                self.rounds += 1
                 await asyncio.sleep(self.settings.replicate_every_s)
         finally:
             for _link, task in followers.values():
@@ -168,7 +162,7 @@ class Replicator:
                 link.noted is None or link.noted[0] != exc.code or loop.time() - link.noted[1] >= FAILURE_NOTE_EVERY_S
             )
             if node_id is not None and fresh:
-                await self.box.db.awrite(lambda conn: replicas.note_failure(conn, node_id, error))
+                await self.store.note_failure(node_id, error)
                 link.noted = (exc.code, loop.time())
             return
         if link.failing:
@@ -190,11 +184,11 @@ class Replicator:
             link.client.node_id = None
             raise PeerError("WRONG_ROLE", f"{link.url} is a {answer.get('role')}, not a {expected}", retryable=False)
         store_id = self.me.store_id
-        if not replicas.enrolled(self.box.db.read(), node_id, store_id, expected, key, link.url):
-            await self.box.db.awrite(lambda conn: replicas.enrol_peer(conn, node_id, store_id, expected, key, link.url))
+        if not self.store.is_enrolled(node_id, store_id, expected, key, link.url):
+            await self.store.enrol(node_id, store_id, expected, key, link.url)
         link.lock_authority = link.kind == "peer" and answer.get("lock_authority") is True
         if link.kind == "hq":
-            link.their = dict(answer["covered"] if self.settings.hq_mode == counters.MODE else answer["vector"])
+            link.their = dict(answer["covered"] if self.settings.hq_mode == COUNTERS else answer["vector"])
         log.info(
             "enrolled with %s",
             link.url,
@@ -206,30 +200,21 @@ class Replicator:
         applied (the vector it is asked with is the one this page will leave), so the peer builds and
         sends while this box writes; a page that fails to apply cancels the one in flight."""
         node_id = link.client.node_id
-        store_id = self.me.store_id
-        vector = await asyncio.to_thread(lambda: version_vector(self.box.db.read()))
+        assert node_id is not None
+        vector = await asyncio.to_thread(self.store.vector)
         fetch = asyncio.ensure_future(link.client.pull(self._ahead(vector), PAGE_EVENTS))
         try:
             while True:
                 page, nbytes = await fetch
                 more = bool(page.get("more"))
                 if more:
-                    vector = _after(vector, page)
+                    vector = vectors.after_page(vector, page)
                     fetch = asyncio.ensure_future(link.client.pull(self._ahead(vector), PAGE_EVENTS))
-
-                # Decoded and hashed in the writer's job, against what is on disk then. Decoding in a
-                # worker thread beforehand, beside the writing of the page before, cost each box 7 %
-                # more CPU while three caught up at once (threads taking the GIL from one another),
-                # and was no faster with a core free.
-                def apply(conn: Any, page: dict[str, Any] = page, nbytes: int = nbytes) -> int:
-                    with collector_paused():
-                        return replicas.apply_page(conn, self.box.log, store_id, page, node_id, nbytes)
-
-                # Noted and handed to the writer in one step of the loop: a page another pull asks for
+                # Noted and handed to the store in one step of the loop: a page another pull asks for
                 # from this vector is queued behind this one.
-                self._coming = _after(self._coming, page)
+                self._coming = vectors.after_page(self._coming, page)
                 try:
-                    applied = await self.box.db.awrite(apply, bulk=True)
+                    applied = await self.store.apply_page(page, node_id, nbytes)
                 except Exception as exc:  # a page we cannot apply is a person's problem, not a retry loop's
                     self._coming = {}
                     code = getattr(exc, "code", type(exc).__name__)
@@ -246,7 +231,7 @@ class Replicator:
 
     def _ahead(self, vector: dict[str, int]) -> dict[str, int]:
         """``vector`` with the pages already on their way to this box's disk counted in."""
-        return {**vector, **{w: seq for w, seq in self._coming.items() if seq > vector.get(w, 0)}}
+        return vectors.join(vector, self._coming)
 
     async def _push(self, link: Link) -> None:
         """Send HQ what it lacks, keeping PUSH_WINDOW pages on their way: while HQ writes one it decodes
@@ -254,7 +239,7 @@ class Replicator:
         once those are in). Answers are taken in order; a page that fails cancels those behind it."""
         node_id = link.client.node_id
         assert node_id is not None
-        counter_mode = self.settings.hq_mode == counters.MODE
+        counter_mode = self.settings.hq_mode == COUNTERS
         assumed = dict(link.their)
         outgoing = await asyncio.to_thread(self._outgoing, assumed, counter_mode)
         window: deque[tuple[asyncio.Future[dict[str, Any]], int, int]] = deque()
@@ -265,21 +250,13 @@ class Replicator:
                     window.append((asyncio.ensure_future(link.client.push(packed)), len(packed), sent))
                     more = not counter_mode and bool(page.get("more"))
                     if more:
-                        assumed = _after(assumed, page)
+                        assumed = vectors.after_page(assumed, page)
                     outgoing = await asyncio.to_thread(self._outgoing, assumed, False) if more else None
                 sending, nbytes, sent = window.popleft()
                 answer = await sending
                 link.their = dict(answer["covered"] if counter_mode else answer["vector"])
                 # Status bookkeeping only: committed with the next write, never waited for.
-                self.box.db.submit(
-                    partial(
-                        replicas.note_exchange,
-                        node_id=node_id,
-                        their_vector=link.their,
-                        events_out=sent,
-                        bytes_out=nbytes,
-                    )
-                )
+                self.store.note_sent(node_id, link.their, sent, nbytes)
         finally:
             for sending, _nbytes, _sent in window:
                 sending.cancel()
@@ -287,46 +264,8 @@ class Replicator:
 
     def _outgoing(self, their: dict[str, int], counter_mode: bool) -> Outgoing | None:
         """The next page HQ lacks, packed, and how many events or rows it carries; None when it has all."""
-        conn, store_id = self.box.db.read(), self.me.store_id
-        if counter_mode:
-            page = counters.export(conn, store_id, their)
-            if page["vector"] == their:
-                return None
-            sent = sum(len(page[k]) for k in ("scan_counts", "damage_counts", "item_attrs", "sessions"))
-            return page, protocol.pack_page(page), sent
-        page = replicas.delta(conn, store_id, their, PAGE_EVENTS)
-        return (page, protocol.pack_page(page), len(page["events"])) if page["events"] else None
-
-
-@asynccontextmanager
-async def replication_lifespan(app: Litestar) -> AsyncIterator[None]:
-    """Run the exchanges while the server runs; HQ and a box with nobody to talk to run none."""
-    box: Box = app.state.box
-    settings = box.settings
-    if box.node.role == "hq" or not (
-        settings.peers or settings.hq_url or settings.lock_authority_url or getattr(settings, "mdns", False)
-    ):
-        yield
-        return
-
-    def discovered() -> list[str]:
-        discovery = getattr(app.state, "discovery", None)
-        return [p.url for p in discovery.peers()] if discovery is not None else []
-
-    async with aiohttp.ClientSession() as http:
-        replicator = Replicator(box, http, discovered)
-        app.state.replicator = replicator
-        async with running(replicator.run(), "replicator"):
-            yield
-
-
-def _after(vector: dict[str, int], page: dict[str, Any]) -> dict[str, int]:
-    """The vector this replica will hold once ``page`` is applied (its events continue each writer's
-    stream, or the page is refused whole)."""
-    ahead = dict(vector)
-    # A page holds each writer's events in seq order, so the last row of a writer is its highest.
-    last = {row[0]: row[1] for row in page.get("events") or []}
-    for writer, seq in last.items():
-        if seq > ahead.get(writer, 0):
-            ahead[writer] = seq
-    return ahead
+        found = self.store.next_page(their, COUNTERS if counter_mode else LOG, PAGE_EVENTS)
+        if found is None:
+            return None
+        page, sent = found
+        return page, protocol.pack_page(page), sent

@@ -26,6 +26,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from replication.errors import NeedsPerson
+
 FORMAT_VERSION = 1
 HASH_SIZE = 32
 ZERO_HASH = bytes(HASH_SIZE)
@@ -40,8 +42,11 @@ _SCALARS = frozenset({str, int, bytes, bool, type(None)})
 _STR = frozenset({str})
 
 
-class CodecError(ValueError):
-    """A value cannot be put into canonical form."""
+class CodecError(NeedsPerson, ValueError):
+    """A value cannot be put into canonical form.
+
+    Only a change to the value helps, never a retry; still a ``ValueError`` for older ``except`` clauses.
+    """
 
 
 def canonical(value: Any) -> Any:

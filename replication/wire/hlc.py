@@ -11,12 +11,17 @@ import threading
 import time
 from collections.abc import Callable
 
+from replication.errors import Retryable
+
 LOGICAL_BITS = 16
-LOGICAL_MASK = (1 << LOGICAL_BITS) - 1
 
 
-class ClockDriftError(ValueError):
-    """A remote timestamp is further ahead of our clock than we accept."""
+class ClockDriftError(Retryable, ValueError):
+    """A remote timestamp is further ahead of our clock than we accept.
+
+    Retryable because our clock catches up with it: the box answers it as ``CLOCK_AHEAD``, which a
+    handheld's sender waits out rather than failing the scan. Still a ``ValueError`` for older callers.
+    """
 
 
 def wall_ms() -> int:

@@ -29,6 +29,7 @@ import msgspec
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from replication.errors import NeedsPerson
 from replication.wire.codec import Event, unpack_payload
 
 API_VERSION = 1
@@ -45,8 +46,12 @@ MAX_PAGE_EVENTS = 5000
 MAX_INFLATED_BYTES = 64 * 1024 * 1024
 
 
-class ProtocolError(ValueError):
-    """Bytes from another replica that do not follow the protocol."""
+class ProtocolError(NeedsPerson, ValueError):
+    """Bytes from another replica that do not follow the protocol.
+
+    The same bytes fail the same way every time (a forged or broken page, a bad signature), so a person
+    looks; still a ``ValueError`` for the callers that catch it as one.
+    """
 
 
 # -- pages ------------------------------------------------------------------------------------------
@@ -182,9 +187,3 @@ def enrol_proof(secret: str, store_id: str, node_id: str, public_key: bytes) -> 
 
 def proof_ok(secret: str, store_id: str, node_id: str, public_key: bytes, proof: bytes) -> bool:
     return bool(secret) and hmac.compare_digest(enrol_proof(secret, store_id, node_id, public_key), proof)
-
-
-# -- version vectors --------------------------------------------------------------------------------
-def lacking(theirs: dict[str, int], ours: dict[str, int]) -> int:
-    """How many events ``ours`` holds that ``theirs`` does not (writers' streams are gap-free)."""
-    return sum(max(0, seq - theirs.get(writer, 0)) for writer, seq in ours.items())

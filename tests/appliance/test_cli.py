@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from click.testing import CliRunner
 
 from appliance.box import open_box
 from appliance.cli import main
+from appliance.settings import describe
 from tests.conftest import FAST_PASSWORD_ENV, make_settings
 
 
@@ -77,3 +79,70 @@ def test_bad_setting_stops_with_its_name(runner: CliRunner, tmp_path: Path) -> N
     result = runner.invoke(main, ["doctor", "--data-dir", str(tmp_path)], env={"STOCKVERIFY_PORT": "x"})
     assert result.exit_code != 0
     assert "'port'" in result.output
+
+
+STORE_SECRET = "store-secret-0123456789"
+HQ_SECRET = "hq-secret-abcdefghijklmn"
+
+
+def test_settings_command_shows_values_and_where_they_came_from(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "stockverify.toml"
+    path.write_text(f'store_name = "Corner Shop"\nstore_secret = "{STORE_SECRET}"\n')
+    env = {"STOCKVERIFY_PORT": "9123", "STOCKVERIFY_HQ_SECRET": HQ_SECRET}
+    result = runner.invoke(main, ["settings", "--data-dir", str(tmp_path)], env=env)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    at = lines.index("store_name = Corner Shop")
+    assert lines[at + 1] == f"    from {path}"
+    assert lines[at + 2] == "    the store's name as people see it"
+    at = lines.index("port = 9123")
+    assert lines[at + 1] == "    from environment variable STOCKVERIFY_PORT"
+    at = lines.index("host = 0.0.0.0")
+    assert lines[at + 1] == "    from default"
+    assert lines[lines.index(f"data_dir = {tmp_path}") + 1] == "    from command line"
+    assert "store_secret = (set)" in lines and "hq_secret = (set)" in lines
+    assert STORE_SECRET not in result.output and HQ_SECRET not in result.output
+
+    as_json = runner.invoke(main, ["settings", "--data-dir", str(tmp_path), "--json"], env=env)
+    assert as_json.exit_code == 0, as_json.output
+    assert STORE_SECRET not in as_json.output and HQ_SECRET not in as_json.output
+    rows = {row["name"]: row for row in json.loads(as_json.output)}
+    assert list(rows) == [info.name for info in describe()]
+    assert rows["store_name"] == {
+        "name": "store_name",
+        "value": "Corner Shop",
+        "source": str(path),
+        "help": "the store's name as people see it",
+    }
+    assert rows["port"]["value"] == 9123 and rows["port"]["source"] == "environment variable STOCKVERIFY_PORT"
+    assert rows["store_secret"]["value"] == "(set)" and rows["store_secret"]["source"] == str(path)
+    assert rows["hq_secret"]["value"] == "(set)"
+    assert rows["peers"]["value"] == [] and rows["peers"]["source"] == "default"
+
+
+def test_settings_command_shows_an_unset_secret_as_empty(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(main, ["settings", "--data-dir", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert rows["store_secret"]["value"] == "" and rows["hq_secret"]["value"] == ""
+
+
+def test_settings_command_names_a_bad_value(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "stockverify.toml").write_text('store_secret = "tiny-secret-xyz"\n')
+    result = runner.invoke(main, ["settings", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "'store_secret'" in result.output and "at least 16 characters" in result.output
+    assert "tiny-secret-xyz" not in result.output
+
+
+def test_serve_help_lists_every_setting(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["serve", "--help"])
+    assert result.exit_code == 0, result.output
+    _, _, epilog = result.output.partition("\nSettings:\n")
+    assert epilog, result.output
+    assert "stockverify.toml" in epilog and "STOCKVERIFY_<NAME>" in epilog
+    flat = " ".join(epilog.split())
+    for info in describe():
+        assert re.search(rf"^\s+{info.name}\s", epilog, re.MULTILINE), info.name
+        assert info.env_var in epilog, info.env_var
+        assert " ".join(info.help.split()) in flat, info.name

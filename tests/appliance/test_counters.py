@@ -8,7 +8,7 @@ import pytest
 
 from appliance.auth.people import User
 from appliance.box import Box
-from appliance.counting import items, sessions
+from appliance.counting import codes, items, sessions
 from appliance.replica import counters
 from tests.replication.store_replicas import Template, build_template, open_replica
 
@@ -35,7 +35,7 @@ def test_a_code_mapped_at_the_store_counts_for_its_product_at_hq(template: Templ
         assert items.item_quantity(store.db.read(), session_id, sku_b) == 0  # an unmatched code counts for none
 
         # A supervisor maps the code after the scans: they move to SKU-B at the store...
-        store.db.write(lambda conn: items.map_code(conn, store.log, admin, "UNKNOWN-1", "SKU-B"))
+        store.db.write(lambda conn: codes.map_code(conn, store.log, admin, "UNKNOWN-1", "SKU-B"))
         assert items.item_quantity(store.db.read(), session_id, sku_b) == 3
 
         # ...and, by the counter page alone, at HQ.

@@ -10,14 +10,14 @@ from typing import Any
 
 import openpyxl
 import pytest
-from appliance.demo.catalog import FORMS, README_CODE, write_demo_products
-from appliance.demo.catalog import examples as demo_examples
 from litestar.testing import TestClient
 
 from appliance.app import create_app
 from appliance.auth import people
 from appliance.box import Box
-from appliance.catalog import products
+from appliance.catalog import product_import, products
+from appliance.demo.catalog import FORMS, README_CODE, write_demo_products
+from appliance.demo.catalog import examples as demo_examples
 from appliance.errors import Conflict, ValidationFailed
 from appliance.store.eventlog import new_id, rebuild
 from tests.conftest import ServerProcess
@@ -30,8 +30,8 @@ def csv_file(*rows: str, header: str = HEADER) -> bytes:
 
 
 def import_file(box: Box, data: bytes, filename: str = "products.csv") -> dict[str, Any]:
-    plan = products.parse_file(data, filename)
-    return box.db.write(lambda conn: products.commit(conn, box.log, plan))
+    plan = product_import.parse_file(data, filename)
+    return box.db.write(lambda conn: product_import.commit(conn, box.log, plan))
 
 
 def count(conn: sqlite3.Connection, sql: str) -> int:
@@ -65,7 +65,7 @@ def examples(demo_file: Path) -> dict[str, tuple[str, str]]:
 def test_demo_catalogue_is_deterministic_clean_and_has_every_form(demo_file: Path, tmp_path: Path) -> None:
     assert write_demo_products(tmp_path / "again.csv").read_bytes() == demo_file.read_bytes()
     assert write_demo_products(tmp_path / "other.csv", seed=8).read_bytes() != demo_file.read_bytes()
-    plan = products.parse_file(demo_file.read_bytes(), demo_file.name)
+    plan = product_import.parse_file(demo_file.read_bytes(), demo_file.name)
     assert plan.errors == [] and len(plan.rows) == 5000
     kinds = {kind for row in plan.rows for _gtin, kind, _raw in row.codes}
     assert kinds == set(FORMS)
@@ -73,7 +73,7 @@ def test_demo_catalogue_is_deterministic_clean_and_has_every_form(demo_file: Pat
     assert any(len({raw for *_, raw in row.codes}) == 2 for row in plan.rows)
     assert {row.category for row in plan.rows} >= {"Grocery", "Apparel", "Electronics", "Stationery"}
     assert all(0 <= row.expected_qty <= 120 and row.mrp_minor is not None for row in plan.rows)
-    small = products.parse_file(write_demo_products(tmp_path / "small.csv", count=10).read_bytes(), "s.csv")
+    small = product_import.parse_file(write_demo_products(tmp_path / "small.csv", count=10).read_bytes(), "s.csv")
     assert {kind for row in small.rows for _gtin, kind, _raw in row.codes} == set(FORMS)
 
 
@@ -82,8 +82,8 @@ def test_demo_import_resolves_every_form_to_its_product(
     box: Box, demo_file: Path, examples: dict[str, tuple[str, str]]
 ) -> None:
     started = time.perf_counter()
-    plan = products.parse_file(demo_file.read_bytes(), demo_file.name)
-    result = box.db.write(lambda conn: products.commit(conn, box.log, plan))
+    plan = product_import.parse_file(demo_file.read_bytes(), demo_file.name)
+    result = box.db.write(lambda conn: product_import.commit(conn, box.log, plan))
     elapsed = time.perf_counter() - started
     assert result["rows"] == 5000 and result["created"] == 5000 and result["updated"] == 0
     assert elapsed < 2.0, f"5,000 rows took {elapsed:.2f} s to parse and commit"
@@ -153,9 +153,9 @@ def test_bad_rows_import_nothing_and_every_bad_line_is_named(box: Box) -> None:
         "A-9,4006381333931,Taken code,,,,,",  # 11: owned by OWNED-1 in the store
         "A-10,12345,Too short,,,,abc,1.5",  # 12: three problems
     )
-    plan = products.parse_file(data, "bad.csv")
+    plan = product_import.parse_file(data, "bad.csv")
     with pytest.raises(ValidationFailed) as caught:
-        box.db.write(lambda conn: products.commit(conn, box.log, plan))
+        box.db.write(lambda conn: product_import.commit(conn, box.log, plan))
     assert caught.value.code == "IMPORT_INVALID"
     errors = caught.value.details["errors"]
 
@@ -186,8 +186,8 @@ def test_bad_rows_import_nothing_and_every_bad_line_is_named(box: Box) -> None:
 
     assert count(conn, "SELECT count(*) FROM products") == before_products
     assert count(conn, "SELECT count(*) FROM events") == before_events
-    assert products.preview(conn, plan)["errors"] == errors
-    assert products.preview(conn, plan)["valid"] is False
+    assert product_import.preview(conn, plan)["errors"] == errors
+    assert product_import.preview(conn, plan)["valid"] is False
 
 
 @pytest.mark.parametrize(
@@ -208,7 +208,7 @@ def test_bad_rows_import_nothing_and_every_bad_line_is_named(box: Box) -> None:
 def test_file_level_problems_are_errors_not_crashes(
     data: bytes, line: int | None, column: str | None, message: str
 ) -> None:
-    plan = products.parse_file(data, "products.csv")
+    plan = product_import.parse_file(data, "products.csv")
     assert any(
         error["line"] == line and error["column"] == column and message in error["message"] for error in plan.errors
     ), plan.errors
@@ -224,7 +224,7 @@ def test_csv_quirks_bom_headers_quotes_and_separators(box: Box) -> None:
         "A-3,,Third,,,0.5,\r\n"
         "A-4,,Fourth,,,,x\r\n"
     ).encode()
-    plan = products.parse_file(data, "quirks.csv")
+    plan = product_import.parse_file(data, "quirks.csv")
     assert plan.errors == [
         {"line": 7, "column": "expected_qty", "value": "x", "message": "expected_qty must be a whole number"}
     ]
@@ -249,13 +249,13 @@ def test_csv_quirks_bom_headers_quotes_and_separators(box: Box) -> None:
     [("0", 0), ("123.45", 12345), ("123.4", 12340), ("99", 9900), ("", None), ("000.05", 5)],
 )
 def test_mrp_becomes_integer_minor_units(mrp: str, minor: int | None) -> None:
-    plan = products.parse_file(csv_file(f"A,,Tea,,,,{mrp},"), "p.csv")
+    plan = product_import.parse_file(csv_file(f"A,,Tea,,,,{mrp},"), "p.csv")
     assert plan.errors == [] and plan.rows[0].mrp_minor == minor
 
 
 @pytest.mark.parametrize("mrp", ["-1", "12.345", "1,299.00", "Rs 10", "1e3", "NaN", "12.", ".5"])
 def test_bad_mrp_is_a_row_error(mrp: str) -> None:
-    plan = products.parse_file(csv_file(f'A,,Tea,,,,"{mrp}",'), "p.csv")
+    plan = product_import.parse_file(csv_file(f'A,,Tea,,,,"{mrp}",'), "p.csv")
     assert [(error["line"], error["column"], error["value"]) for error in plan.errors] == [(2, "mrp", mrp)]
 
 
@@ -273,7 +273,7 @@ def test_xlsx_import_reads_numbers_as_the_codes_people_typed(box: Box) -> None:
     data = buffer.getvalue()
 
     for filename in ("catalog.xlsx", "", "upload.bin"):  # by extension, and by sniffing the zip
-        plan = products.parse_file(data, filename)
+        plan = product_import.parse_file(data, filename)
         assert plan.errors == [] and [row.line for row in plan.rows] == [2, 3, 5]
     result = import_file(box, data, "catalog.xlsx")
     assert result["created"] == 3
@@ -288,7 +288,7 @@ def test_xlsx_import_reads_numbers_as_the_codes_people_typed(box: Box) -> None:
     sheet.append(["X-5", 12345678905, "UPC-A typed as a number", "", "", ""])
     buffer = io.BytesIO()
     book.save(buffer)
-    errors = products.parse_file(buffer.getvalue(), "catalog.xlsx").errors
+    errors = product_import.parse_file(buffer.getvalue(), "catalog.xlsx").errors
     assert [(error["line"], error["column"]) for error in errors] == [(6, "barcodes"), (7, "barcodes")]
     assert "leading 0 was lost" in errors[1]["message"]
 
@@ -328,7 +328,7 @@ def test_import_is_one_event_and_rebuild_reproduces_the_tables(box: Box, demo_fi
 
 def test_import_refuses_an_eight_digit_code_whose_other_reading_another_sku_has(box: Box) -> None:
     # 01234565 reads as EAN-8 00000001234565 and as UPC-E 00012345000065 (UPC-A 012345000065).
-    plan = products.parse_file(csv_file("A-1,01234565,Tea,,,,,", "B-1,012345000065,Soap,,,,,"), "p.csv")
+    plan = product_import.parse_file(csv_file("A-1,01234565,Tea,,,,,", "B-1,012345000065,Soap,,,,,"), "p.csv")
     assert [(error["line"], error["value"]) for error in plan.errors] == [(3, "012345000065")]
     assert "the same product code as 01234565 on line 2" in plan.errors[0]["message"]
 
@@ -340,7 +340,7 @@ def test_an_ambiguous_code_from_two_replicas_is_a_conflict_not_a_guess(box: Box)
             ("A-1", ("00000001234565", "ean8", "01234565")),
             ("B-1", ("00012345000065", "upca", "012345000065")),
         ):
-            row = products.ProductRow(line=2, sku=sku, name=f"product {sku}", codes=[code])
+            row = product_import.ProductRow(line=2, sku=sku, name=f"product {sku}", codes=[code])
             box.log.record(conn, "products.imported", {"import_id": new_id(), "rows": [row.payload(new_id())]})
 
     box.db.write(two_imports)
@@ -366,7 +366,7 @@ def test_resolving_many_codes_at_once_finds_what_one_at_a_time_finds(
             ("tea-7", None),
             ("TEA-7", None),
         ):
-            row = products.ProductRow(line=2, sku=sku, name=f"product {sku}", codes=[code] if code else [])
+            row = product_import.ProductRow(line=2, sku=sku, name=f"product {sku}", codes=[code] if code else [])
             box.log.record(conn, "products.imported", {"import_id": new_id(), "rows": [row.payload(new_id())]})
 
     box.db.write(from_replicas)
@@ -394,7 +394,7 @@ def test_the_same_new_sku_from_two_replicas_folds_into_one_product(box: Box) -> 
     # Each box gave the SKU its own new id; the fold keeps the first id and takes the later values.
     def two_imports(conn: sqlite3.Connection) -> None:
         for name, code in (("First", ("05901234123457", "ean13", "5901234123457")), ("Second", None)):
-            row = products.ProductRow(line=2, sku="A-1", name=name, codes=[code] if code else [])
+            row = product_import.ProductRow(line=2, sku="A-1", name=name, codes=[code] if code else [])
             box.log.record(conn, "products.imported", {"import_id": new_id(), "rows": [row.payload(new_id())]})
 
     box.db.write(two_imports)

@@ -15,10 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from appliance.demo.catalog import write_demo_products
-
 from appliance.box import open_box
-from appliance.catalog import products
+from appliance.catalog import product_import
+from appliance.demo.catalog import write_demo_products
 from appliance.settings import load_settings
 
 ROWS = 5000
@@ -42,9 +41,9 @@ def time_import(data: bytes, data_dir: Path) -> tuple[float, float]:
     box = open_box(load_settings({"data_dir": data_dir}, environ={}))
     try:
         started = time.perf_counter()
-        plan = products.parse_file(data, "products.csv")
+        plan = product_import.parse_file(data, "products.csv")
         parsed = time.perf_counter()
-        result = box.db.write(lambda conn: products.commit(conn, box.log, plan))
+        result = box.db.write(lambda conn: product_import.commit(conn, box.log, plan))
         committed = time.perf_counter()
     finally:
         box.close()

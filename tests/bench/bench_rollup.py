@@ -17,12 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from appliance.demo.seed import seed_demo
-
 from appliance.auth import people
 from appliance.auth.people import User
 from appliance.box import open_box
 from appliance.counting import items, rollups, runs, sessions
+from appliance.demo.seed import seed_demo
 from appliance.settings import load_settings
 
 

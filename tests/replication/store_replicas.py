@@ -18,7 +18,7 @@ from typing import Any
 from appliance.auth import people
 from appliance.auth.people import User
 from appliance.box import Box, open_box
-from appliance.catalog import layout, products
+from appliance.catalog import layout, product_import
 from appliance.counting import runs, sessions
 from appliance.replica import store as replicas
 from appliance.store.eventlog import enroll_writer, new_id, version_vector
@@ -55,13 +55,13 @@ def build_template(path: Path) -> Template:
     """A store with a started run, one session for one verifier, and the devices enrolled."""
     box = open_box(make_settings(path))
     admin = User("u-admin", "admin", "Admin", "admin")
-    plan = products.parse_file(CATALOG, "catalog.csv")
+    plan = product_import.parse_file(CATALOG, "catalog.csv")
 
     def job(conn: sqlite3.Connection) -> Template:
         people.add_user(conn, box.log, "v1", "V1", "verifier", "x")
         layout.add_floor(conn, box.log, "G", "Ground")
         rack = layout.add_rack(conn, box.log, "G", "G-01")
-        products.commit(conn, box.log, plan)
+        product_import.commit(conn, box.log, plan)
         run_id = runs.create_run(conn, box.log, admin, name="Merge", kind="hard")
         verifier = conn.execute("SELECT user_id FROM users WHERE username = 'v1'").fetchone()[0]
         session_id = sessions.create_session(conn, box.log, admin, run_id, verifier_id=verifier, rack_codes=["G-01"])

@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 from zeroconf import ServiceInfo
 
-from appliance.app import create_app
 from appliance.box import open_box
+from appliance.services import Services
 from appliance.settings import SettingsError, load_settings
 from replication.discovery import (
     SERVICE_TYPE,
@@ -41,7 +41,6 @@ from replication.discovery import (
     decode_txt,
     encode_txt,
     local_ipv4_addresses,
-    mdns_lifespan,
 )
 from tests.conftest import FAST_PASSWORD_ENV, free_port, make_settings
 
@@ -199,11 +198,11 @@ def test_the_box_advertises_only_once_its_http_port_listens(lan: str, tmp_path: 
     box = open_box(make_settings(tmp_path / "box", store_id=store, host=lan, port=port, mdns=True))
 
     async def scenario() -> None:
-        app = create_app(box)
+        services = Services.for_box(box)
         watcher = Discovery(store_id=store, addresses=[lan])
         await watcher.start()
-        async with mdns_lifespan(app):
-            discovery = app.state.discovery
+        async with services.mdns():
+            discovery = services.discovery
             assert isinstance(discovery, Discovery)
             # Probing and announcing take under two seconds; nothing may show while the port is shut.
             await asyncio.sleep(3)
@@ -232,9 +231,9 @@ def test_mdns_off_starts_nothing(tmp_path: Path) -> None:
     box = open_box(make_settings(tmp_path / "box", mdns=False))
 
     async def scenario() -> None:
-        app = create_app(box)
-        async with mdns_lifespan(app):
-            assert app.state.discovery is None
+        services = Services.for_box(box)
+        async with services.mdns():
+            assert services.discovery is None
             assert _others() == []
 
     try:
@@ -373,7 +372,7 @@ def boxes(namespaces: Namespaces, tmp_path_factory: pytest.TempPathFactory) -> I
 
 HEALTH = """
 import asyncio, json, sys
-from replication import transport
+from replication.device import transport
 
 async def main() -> None:
     async with transport.open_session() as http:

@@ -14,7 +14,8 @@ import pytest
 
 from replication.device import transport
 from replication.device.outbox import Outbox
-from replication.device.sender import Backoff, Progress, Sender, SenderSettings
+from replication.device.sender import Progress, Sender, SenderSettings
+from replication.retry import Backoff
 from replication.wire.hlc import wall_ms
 from tests.conftest import ServerProcess
 from tests.replication.conftest import CountingBox, paired_outbox, restart, scan_payload

@@ -16,7 +16,7 @@ import pytest
 from appliance.auth import people
 from appliance.auth.people import User
 from appliance.box import Box
-from appliance.catalog import layout, products
+from appliance.catalog import layout, product_import
 from appliance.counting import conflicts, items, runs, sessions
 from appliance.errors import Conflict, NotFound, StockVerifyError, ValidationFailed
 from appliance.store.eventlog import EventLog
@@ -92,7 +92,7 @@ class Store:
 
 @pytest.fixture
 def store(box: Box) -> Store:
-    plan = products.parse_file(CATALOG, "catalog.csv")
+    plan = product_import.parse_file(CATALOG, "catalog.csv")
 
     def job(conn: sqlite3.Connection) -> Store:
         log: EventLog = box.log
@@ -101,7 +101,7 @@ def store(box: Box) -> Store:
         layout.add_floor(conn, log, "G", "Ground")
         for rack in ("G-01", "G-02", "G-03"):
             layout.add_rack(conn, log, "G", rack)
-        products.commit(conn, log, plan)
+        product_import.commit(conn, log, plan)
         run_id = runs.create_run(conn, log, boss, name="Hard count", kind="hard")
         s1 = sessions.create_session(conn, log, boss, run_id, verifier_id=v1.user_id, rack_codes=["G-01"])
         s2 = sessions.create_session(conn, log, boss, run_id, verifier_id=v2.user_id, rack_codes=["G-02"])

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from appliance.auth import people
 from appliance.auth.people import User
 from appliance.box import Box, open_box
-from appliance.catalog import layout
+from appliance.catalog import layout, product_import
 from appliance.counting import conflicts, runs, sessions
 from appliance.store.eventlog import enroll_writer, new_id, rebuild
 from replication.wire.codec import ZERO_HASH, Event
@@ -58,18 +58,17 @@ CATALOG = (
 
 def _setup(data_dir: Path) -> tuple[Box, dict[str, Any]]:
     """A store with three products, one run and two sessions, all written by the box itself."""
-    from appliance.catalog import products
 
     box = open_box(make_settings(data_dir))
     admin = User("u-admin", "admin", "Admin", "admin")
-    plan = products.parse_file(CATALOG, "catalog.csv")
+    plan = product_import.parse_file(CATALOG, "catalog.csv")
 
     def job(conn: sqlite3.Connection) -> dict[str, Any]:
         people.add_user(conn, box.log, "v1", "V1", "verifier", "x")
         people.add_user(conn, box.log, "v2", "V2", "verifier", "x")
         layout.add_floor(conn, box.log, "G", "Ground")
         layout.add_rack(conn, box.log, "G", "G-01")
-        products.commit(conn, box.log, plan)
+        product_import.commit(conn, box.log, plan)
         run_id = runs.create_run(conn, box.log, admin, name="Prop", kind="directed")
         runs.add_scope(conn, box.log, admin, run_id, skus=["SKU-A", "SKU-B"], rack_codes=["G-01"])
         users = {r["username"]: r["user_id"] for r in conn.execute("SELECT user_id, username FROM users")}

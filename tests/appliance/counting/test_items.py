@@ -17,8 +17,8 @@ import pytest
 from appliance.auth import people
 from appliance.auth.people import User
 from appliance.box import Box
-from appliance.catalog import layout, products
-from appliance.counting import items, rollups, runs, sessions
+from appliance.catalog import layout, product_import
+from appliance.counting import codes, items, rollups, runs, sessions
 from appliance.errors import StockVerifyError, ValidationFailed
 from replication.wire.codec import unpack
 from tests.conftest import DEMO_PASSWORDS, ServerProcess
@@ -80,7 +80,7 @@ class Store:
 
 @pytest.fixture
 def store(box: Box) -> Store:
-    plan = products.parse_file(CATALOG, "catalog.csv")
+    plan = product_import.parse_file(CATALOG, "catalog.csv")
 
     def job(conn: sqlite3.Connection) -> Store:
         log = box.log
@@ -90,7 +90,7 @@ def store(box: Box) -> Store:
         layout.add_floor(conn, log, "G", "Ground")
         for rack in ("G-01", "G-02"):
             layout.add_rack(conn, log, "G", rack)
-        products.commit(conn, log, plan)
+        product_import.commit(conn, log, plan)
         run_id = runs.create_run(conn, log, boss, name="Hard count", kind="hard")
         s1 = sessions.create_session(conn, log, boss, run_id, verifier_id=v1.user_id, rack_codes=["G-01"])
         s2 = sessions.create_session(conn, log, boss, run_id, verifier_id=v2.user_id, rack_codes=["G-02"])
@@ -368,7 +368,7 @@ def test_an_unmatched_code_mapped_later_re_resolves(store: Store) -> None:
     assert held == {"items": [], "unmatched": [{"code": "SHELF-TAG-77", "qty": 3}]}
     assert rollups.buckets(store.read(), store.run_id)["unmatched"] == 1
 
-    mapped = store.do(items.map_code, store.boss, "SHELF-TAG-77", "sku-c")
+    mapped = store.do(codes.map_code, store.boss, "SHELF-TAG-77", "sku-c")
 
     assert mapped == {"code": "SHELF-TAG-77", "product_id": store.c}
     held = items.session_items(store.read(), store.s1)
@@ -381,7 +381,7 @@ def test_an_unmatched_code_mapped_later_re_resolves(store: Store) -> None:
 
 
 def test_mapping_a_code_to_an_unknown_sku_is_not_found(store: Store) -> None:
-    error = store.refused(items.map_code, store.boss, "SHELF-TAG-77", "SKU-NOPE")
+    error = store.refused(codes.map_code, store.boss, "SHELF-TAG-77", "SKU-NOPE")
 
     assert error.code == "PRODUCT_NOT_FOUND"
 
@@ -390,10 +390,10 @@ def test_importing_a_master_with_a_previously_unknown_barcode_re_resolves_it(sto
     store.do(items.record_scan, store.v1, store.s1, code=NEW_BARCODE, qty=2)
     assert items.session_items(store.read(), store.s1)["unmatched"] == [{"code": NEW_BARCODE, "qty": 2}]
 
-    plan = products.parse_file(
+    plan = product_import.parse_file(
         b"sku,barcodes,name,category,uom,mrp,expected_qty\nSKU-D,9780306406157,Delta,Books,EA,9.00,1\n", "more.csv"
     )
-    store.box.db.write(lambda conn: products.commit(conn, store.box.log, plan))
+    store.box.db.write(lambda conn: product_import.commit(conn, store.box.log, plan))
 
     d = store.read().execute("SELECT product_id FROM products WHERE sku = 'SKU-D'").fetchone()[0]
     held = items.session_items(store.read(), store.s1)

@@ -15,7 +15,7 @@ import pytest
 from appliance.auth import people
 from appliance.auth.people import User
 from appliance.box import Box
-from appliance.catalog import layout, products
+from appliance.catalog import layout, product_import
 from appliance.counting import items, runs, sessions
 from appliance.errors import Conflict, Forbidden, StockVerifyError, ValidationFailed
 from replication.wire.codec import unpack
@@ -98,7 +98,7 @@ class Store:
 
 @pytest.fixture
 def store(box: Box) -> Store:
-    plan = products.parse_file(CATALOG, "catalog.csv")
+    plan = product_import.parse_file(CATALOG, "catalog.csv")
 
     def job(conn: sqlite3.Connection) -> Store:
         log = box.log
@@ -109,7 +109,7 @@ def store(box: Box) -> Store:
         layout.add_floor(conn, log, "G", "Ground")
         for rack in ("G-01", "G-02", "G-03"):
             layout.add_rack(conn, log, "G", rack)
-        products.commit(conn, log, plan)
+        product_import.commit(conn, log, plan)
         ids = {row["sku"]: row["product_id"] for row in conn.execute("SELECT sku, product_id FROM products")}
         return Store(box, boss, boss2, v1, v2, v3, auditor, ids)
 
@@ -261,8 +261,10 @@ def test_a_hard_runs_snapshot_freezes_the_expected_qty_at_start(store: Store) ->
     frozen = {"SKU-A": 5, "SKU-B": 3, "SKU-C": 0}
     assert store.expected(run_id) == frozen
 
-    changed = products.parse_file(HEADER + b"SKU-A,4006381333931,Alpha,Food,EA,10.00,50\nSKU-D,,Delta,Home,EA,,7\n")
-    store.box.db.write(lambda conn: products.commit(conn, store.box.log, changed))
+    changed = product_import.parse_file(
+        HEADER + b"SKU-A,4006381333931,Alpha,Food,EA,10.00,50\nSKU-D,,Delta,Home,EA,,7\n"
+    )
+    store.box.db.write(lambda conn: product_import.commit(conn, store.box.log, changed))
 
     assert store.read().execute("SELECT expected_qty FROM products WHERE sku = 'SKU-A'").fetchone()[0] == 50
     assert store.expected(run_id) == frozen  # neither the new quantity nor the new product

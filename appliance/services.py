@@ -1,0 +1,190 @@
+"""What runs beside the routes: the app's services and the background work the lifespan owns.
+
+``Services`` holds every long-lived object a route may need (the box, password hashing, the login
+throttle, stream tickets, HQ's hub, the replicator, the lock forwarder). Routes get them by name
+through Litestar's ``Provide`` (``appliance.api.deps``), typed, never by looking them up on the app.
+
+The lifespan hooks, entered in this order and left in reverse, start what runs for as long as the
+server does, and stop it before the database closes:
+
+1. lease watch — tells live listeners when a rack lease lapsed (a lapse is no event);
+2. mDNS — browses for the store's other boxes, advertises this one once HTTP listens;
+3. replicator — pulls from peers, pushes to and pulls from HQ (``replication.peers``);
+4. lock forwarder — at a box that does not grant locks, sends claims to the one that does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from litestar import Litestar
+
+from appliance.auth.people import LoginThrottle, Passwords, StreamTickets
+from appliance.box import Box
+from appliance.counting import locks
+from appliance.hq.hub import Hub
+from appliance.replica.lock_forwarding import LockForwarder
+from appliance.replica.store import BoxReplica
+from replication.discovery import Advertisement, Discovery, addresses_for, advertise_when_listening
+from replication.peers.client import Me
+from replication.peers.replicator import Replicator
+from replication.tasks import running
+from replication.wire.hlc import wall_ms
+
+log = logging.getLogger(__name__)
+
+LEASE_WATCH_S = 0.5
+
+Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
+
+
+@dataclass
+class Services:
+    box: Box
+    passwords: Passwords
+    login_throttle: LoginThrottle
+    stream_tickets: StreamTickets = field(default_factory=StreamTickets)
+    hub: Hub | None = None  # HQ only: a replica per store behind the same endpoints
+    discovery: Discovery | None = None  # while mDNS runs
+    replicator: Replicator | None = None  # while a store box has someone to exchange with
+    lock_forwarder: LockForwarder | None = None  # at a box that is not the store's lock authority
+
+    @classmethod
+    def for_box(cls, box: Box) -> Services:
+        settings = box.settings
+        return cls(
+            box=box,
+            passwords=Passwords(settings.password_memory_kib, settings.password_time_cost),
+            login_throttle=LoginThrottle(settings.login_attempts_per_minute),
+            hub=Hub(box) if box.node.role == "hq" else None,
+        )
+
+    def close(self) -> None:
+        if self.hub is not None:
+            self.hub.close()
+        self.box.close()
+
+    def lifespans(self) -> list[Lifespan]:
+        return [
+            lambda _app: self.lease_watch(),
+            lambda _app: self.mdns(),
+            lambda _app: self.replication(),
+            lambda _app: self.lock_forwarding(),
+        ]
+
+    # -- 1. lease watch ------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def lease_watch(self) -> AsyncIterator[None]:
+        box = self.box
+
+        def expired(since_ms: int, until_ms: int) -> list[dict[str, Any]]:
+            return locks.expired_leases(box.db.read(), since_ms, until_ms)
+
+        async def watch() -> None:
+            last = wall_ms()
+            while True:
+                await asyncio.sleep(LEASE_WATCH_S)
+                now = wall_ms()
+                lapsed = await asyncio.to_thread(expired, last, now)
+                last = now
+                box.bus.publish([(None, _lapsed(row)) for row in lapsed])
+
+        async with running(watch(), "lease-watch"):
+            yield
+
+    # -- 2. mDNS -------------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def mdns(self) -> AsyncIterator[None]:
+        """Browse from start to stop, advertise once HTTP listens."""
+        box, settings = self.box, self.box.settings
+        if not settings.mdns:
+            log.info("mDNS off (setting mdns); handhelds and peers must be given this box's address")
+            yield
+            return
+        addresses = addresses_for(settings.host, settings.mdns_addresses)
+        discovery = Discovery(store_id=box.node.store_id, node_id=box.node.node_id, addresses=addresses or ())
+        await discovery.start()
+        self.discovery = discovery
+        advertisement = Advertisement(
+            store_id=box.node.store_id,
+            node_id=box.node.node_id,
+            role=box.node.role,
+            port=settings.port,
+            fingerprint=None,  # the box serves plain HTTP until its TLS lands (DESIGN §9)
+        )
+        advertising: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+        if settings.port == 0:
+            log.warning("mDNS not advertising: port 0 means the port is not known before uvicorn binds it")
+        elif addresses is None:
+            log.warning("mDNS not advertising: no IPv4 handheld can reach this host", extra={"host": settings.host})
+        else:
+            advertising = running(advertise_when_listening(discovery, advertisement, settings.host), "mdns-advertise")
+        try:
+            async with advertising:
+                yield
+        finally:
+            self.discovery = None
+            await discovery.stop()
+
+    # -- 3. replicator -------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def replication(self) -> AsyncIterator[None]:
+        """Run the exchanges while the server runs; HQ and a box with nobody to talk to run none."""
+        box, settings = self.box, self.box.settings
+        if box.node.role == "hq" or not (
+            settings.peers or settings.hq_url or settings.lock_authority_url or settings.mdns
+        ):
+            yield
+            return
+
+        def discovered() -> list[str]:
+            return [peer.url for peer in self.discovery.peers()] if self.discovery is not None else []
+
+        node = box.node
+        me = Me(node.node_id, node.store_id, node.key, node.public_key, settings.public_url)
+        store = BoxReplica(box.db, box.log, node.store_id)
+        async with aiohttp.ClientSession() as http:
+            replicator = Replicator(me, store, settings, http, discovered)
+            self.replicator = replicator
+            try:
+                async with running(replicator.run(), "replicator"):
+                    yield
+            finally:
+                self.replicator = None
+
+    # -- 4. lock forwarder ---------------------------------------------------------------------------
+    @asynccontextmanager
+    async def lock_forwarding(self) -> AsyncIterator[None]:
+        """Only a store box that does not grant locks forwards them, over the replicator's links."""
+        box = self.box
+        if box.node.role == "hq" or box.settings.lock_authority:
+            yield
+            return
+        forwarder = LockForwarder(box, lambda: self.replicator, asyncio.get_running_loop())
+        self.lock_forwarder = forwarder
+        try:
+            yield
+        finally:
+            self.lock_forwarder = None
+            await forwarder.close()
+
+
+def _lapsed(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kind": "rack",
+        "type": "lease.lapsed",
+        "state": "available",
+        "lapsed": True,
+        "run_id": row["run_id"],
+        "rack_id": row["rack_id"],
+        "rack": row["code"],
+        "holder": row["user_id"],
+        "token": row["token"],
+    }
