@@ -13,7 +13,7 @@ from appliance.store.eventlog import verify_writer_chain
 from appliance.store.migrations import LATEST, MIGRATIONS, current_version, migrate
 from tests.conftest import ServerProcess, make_settings
 
-FIXTURE = Path(__file__).parent.parent / "fixtures" / "m001_store"
+FIXTURE = Path(__file__).parents[2] / "fixtures" / "m001_store"
 FIXTURE_NODE = "01JFIXTURENODE000000000001"
 
 

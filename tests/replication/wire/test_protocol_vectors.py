@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from replication.wire.codec import Event, chain_head_message, sign_chain_head, verify_chain_head
 
-PROTOCOL = Path(__file__).resolve().parents[2] / "docs" / "sync-protocol.md"
+PROTOCOL = Path(__file__).resolve().parents[3] / "docs" / "sync-protocol.md"
 
 
 def _section(text: str, heading: str) -> str:

@@ -21,7 +21,7 @@ import pytest
 
 from tests.conftest import FAST_PASSWORD_ENV, ServerProcess
 
-MAIN = Path(__file__).resolve().parents[2]
+MAIN = Path(__file__).resolve().parents[3]
 HQ_SECRET = "hq-secret-for-the-flow-down-01"
 HQ_ENV = {"STOCKVERIFY_ROLE": "hq", "STOCKVERIFY_STORE_ID": "hq", "STOCKVERIFY_HQ_SECRET": HQ_SECRET}
 PLANNER, PLANNER_PASSWORD = "planner", "planner-pass-1"  # an HQ admin

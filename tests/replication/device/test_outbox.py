@@ -18,7 +18,7 @@ from replication.device.payloads import PayloadError
 from replication.wire.codec import ZERO_HASH, verify_chain
 from replication.wire.hlc import LOGICAL_BITS
 
-MAIN = Path(__file__).resolve().parents[2]
+MAIN = Path(__file__).resolve().parents[3]
 WRITER = "01HZX3J6C8W7Q5V4T2S1R0P9N8"
 
 
