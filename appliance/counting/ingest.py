@@ -20,7 +20,8 @@ import msgspec
 
 from appliance.auth.devices import Device
 from appliance.counting import codes, items
-from appliance.errors import BadRequest, ValidationFailed
+from appliance.counting.conflicts import detect
+from appliance.errors import BadRequest, Forbidden, ValidationFailed
 from appliance.store.eventlog import EventLog
 from replication.wire.codec import Event, verify_chain, verify_chain_head
 from replication.wire.hlc import ClockDriftError, HybridClock, wall_ms
@@ -238,8 +239,6 @@ def ingest(conn: sqlite3.Connection, log: EventLog, device: Device, events: list
     ).fetchone()
     outcome = Outcome(expected_seq=head["head_seq"] + 1)
     if head["status"] == "revoked":
-        from appliance.errors import Forbidden
-
         raise Forbidden("this device was revoked", code="REVOKED")
     stored_part = [e for e in events if e.seq <= head["head_seq"]]
     new = [e for e in events if e.seq > head["head_seq"]]
@@ -300,8 +299,6 @@ def _kinds(conn: sqlite3.Connection, event: Event, run_id: str) -> set[str]:
 
 def flagged(conn: sqlite3.Connection, events: list[Event]) -> list[dict[str, Any]]:
     """Which of these (stored) events a supervisor will look at: conflicts on their items."""
-    from appliance.counting.conflicts import detect
-
     if not events:
         return []
     run_of: dict[str, str | None] = {}

@@ -16,11 +16,12 @@ from typing import Any
 
 from appliance.auth.people import User
 from appliance.counting.codes import MAX_CODE, PRODUCT_CODE_PREFIX, note_codes
+from appliance.counting.locks import lease_token
 from appliance.counting.sessions import _require_actor, get_session
 from appliance.errors import Conflict, NotFound, ValidationFailed
 from appliance.store.db import insert_rows
 from appliance.store.eventlog import EventLog, projection_tables, projector, run_projector
-from replication.wire.codec import Event
+from replication.wire.codec import Event, unpack
 
 projection_tables(
     "scan_counts",
@@ -109,8 +110,6 @@ def record_scan(
         raise ValidationFailed(f"code must be 1-{MAX_CODE} characters", details={"field": "code"})
     if product_id is not None:
         require_product(conn, product_id)
-    from appliance.counting.locks import lease_token  # locks builds on this package; imported late
-
     rack_id = _session_rack(conn, session, rack_code)
     payload = {
         "session_id": session_id,
@@ -160,8 +159,6 @@ def undo_scan(
 
 
 def _unpack(data: bytes) -> dict[str, Any]:
-    from replication.wire.codec import unpack
-
     value: dict[str, Any] = unpack(data)
     return value
 

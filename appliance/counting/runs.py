@@ -14,6 +14,7 @@ from typing import Any
 
 from appliance.auth.people import User
 from appliance.counting.lifecycle import RUN_RANK, TERMINAL_SESSION, run_can_move
+from appliance.counting.rollups import uncounted_without_decision
 from appliance.errors import Conflict, NotFound, ValidationFailed
 from appliance.store.eventlog import EventLog, new_id, projection_tables, projector
 from replication.wire.codec import Event
@@ -230,7 +231,6 @@ def complete_run(
     force: bool = False,
     reason: str = "",
 ) -> None:
-    from appliance.counting.rollups import uncounted_without_decision
 
     run = get_run(conn, run_id)
     if run["status"] != "IN_PROGRESS":

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from appliance.store.db import transaction
+from replication.wire.codec import unpack
 
 log = logging.getLogger(__name__)
 
@@ -542,8 +543,6 @@ def m006_replication(conn: sqlite3.Connection) -> None:
         ALTER TABLE scan_counts ADD COLUMN u INTEGER NOT NULL DEFAULT 0;
         """,
     )
-    from replication.wire.codec import unpack
-
     # Undos and lease voids negate another writer's entry, each once (the first event wins).
     undone: dict[tuple[str, str, str, str], int] = {}
     seen: set[str] = set()
