@@ -13,7 +13,13 @@ place. Each error carries a stable ``code`` (clients switch on it), a human ``me
     ├── Conflict              409  refused because of current state (transitions, duplicates)
     ├── PayloadTooLarge       413
     ├── RateLimited           429
-    └── Unavailable           503  a dependency (disk, authority box) is not there
+    ├── Unavailable           503  a dependency (disk, authority box) is not there
+    └── InsufficientStorage   507  the disk is full (DISK_FULL) or read-only (DISK_READ_ONLY): nothing
+                                   was stored; the same request passes once space is back
+
+A 507 is retryable for handhelds and peers (``replication.retry`` retries every status >= 500), and its
+``details`` carry ``retry_after_s``, the pause the box suggests, since the one error mapping sends no
+``Retry-After`` header for it.
 """
 
 from __future__ import annotations
@@ -78,6 +84,14 @@ class RateLimited(StockVerifyError):
 class Unavailable(StockVerifyError):
     status = 503
     default_code = "UNAVAILABLE"
+
+
+class InsufficientStorage(StockVerifyError):
+    """The write was refused by the disk, not by the box's rules: the request was sound and nothing of
+    it was kept, so the same request, sent again once space is back, is accepted."""
+
+    status = 507
+    default_code = "DISK_FULL"
 
 
 def error_from(status: int, code: str, message: str, details: Any = None) -> StockVerifyError:

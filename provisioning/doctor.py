@@ -1,6 +1,8 @@
 """``stockverify doctor``: what a field tech runs first when a box misbehaves.
 
-It only reads: it never migrates, creates or repairs, so it is safe on a box that is in trouble.
+It only reads: it never migrates, creates or repairs, so it is safe on a box that is in trouble. (The
+disk check writes and deletes one small probe file beside the database: only a write shows that ext4
+stopped taking them after an error, which ``statvfs`` does not report.)
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from appliance.settings import Settings
+from appliance.store.db import DISK_FULL, DISK_LOW_BYTES, probe_disk
 from appliance.store.eventlog import verify_writer_chain
 from appliance.store.identity import KEY_FILE, load_or_create_key, public_bytes
 from appliance.store.migrations import LATEST, current_version
 
 DISK_WARN_BYTES = 1024**3
-DISK_FAIL_BYTES = 200 * 1024**2
+# Where the box itself starts saying "degraded" on /api/health: the doctor fails at the same point, so
+# the tech and the dashboard never disagree about whether the disk is the problem.
+DISK_FAIL_BYTES = DISK_LOW_BYTES
 
 
 @dataclass(frozen=True)
@@ -31,12 +36,48 @@ class Check:
 
 def _disk(path: Path) -> Check:
     free = shutil.disk_usage(path).free
-    text = f"{free / 1024**3:.1f} GiB free at {path}"
-    if free < DISK_FAIL_BYTES:
-        return Check("disk", "fail", text + "; scans cannot be stored safely, free space now")
+    text = f"{free / 1024**3:.2f} GiB free at {path}"
+    refused = probe_disk(path)
+    if refused == DISK_FULL or free < DISK_FAIL_BYTES:
+        return Check("disk", "fail", text + "; scans are not being saved or soon will not be, free space now")
+    if refused is not None:
+        return Check(
+            "disk",
+            "fail",
+            f"{path} is read-only (a filesystem error or a failing card); restart the box, "
+            "and replace the card if it stays read-only",
+        )
     if free < DISK_WARN_BYTES:
         return Check("disk", "warn", text + "; plan to free space before the next count")
     return Check("disk", "ok", text)
+
+
+def _open(db_path: Path, checks: list[Check]) -> sqlite3.Connection:
+    """The database, read-only; on a read-only disk as an immutable file.
+
+    A reader of a WAL database needs its ``-shm`` file, which a cleanly stopped box has removed and a
+    read-only disk will not let SQLite make again: the plain open fails exactly when the tech most
+    needs the other checks. No one can write to a read-only disk, so reading the file as immutable is
+    safe; only a WAL left behind goes unread, and the tech is told so.
+    """
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro&immutable=1", uri=True)
+    wal = db_path.with_name(db_path.name + "-wal")
+    if wal.exists() and wal.stat().st_size:
+        checks.append(
+            Check(
+                "database",
+                "warn",
+                f"read without its WAL ({wal.stat().st_size} bytes, on a disk that takes no writes): "
+                "the newest writes are not checked",
+            )
+        )
+    return conn
 
 
 def run_checks(settings: Settings) -> list[Check]:
@@ -49,7 +90,7 @@ def run_checks(settings: Settings) -> list[Check]:
         checks.append(Check("database", "fail", f"{settings.db_path} does not exist"))
         return checks
 
-    conn = sqlite3.connect(f"file:{settings.db_path}?mode=ro", uri=True)
+    conn = _open(settings.db_path, checks)
     conn.row_factory = sqlite3.Row
     try:
         result = [row[0] for row in conn.execute("PRAGMA integrity_check")]

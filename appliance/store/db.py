@@ -10,22 +10,33 @@ back alone; the others in the group still commit.
 
 Reads go through per-thread connections that never write (``query_only``); in WAL mode they read the
 last committed state without blocking the writer.
+
+A full or read-only disk is not the box's fault nor the caller's: a group that the disk refuses is
+rolled back like any other failure, but its callers get ``InsufficientStorage`` (507, ``DISK_FULL`` or
+``DISK_READ_ONLY``) rather than a bare sqlite3 error, and ``Database.storage_problem`` says so to
+``/api/health`` until a COMMIT passes again. Nothing is retried here: SQLite keeps no half-written
+transaction, so the device's own retry of the same batch is all recovery takes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
+import os
 import queue
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+
+from appliance.errors import InsufficientStorage
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +48,26 @@ BUSY_TIMEOUT_MS = 10_000
 MAX_GROUP = 256  # jobs folded into one commit at most
 ROWS_PER_STATEMENT = 500
 WRITER_CACHE_KIB = 32 * 1024
+STORAGE_RETRY_AFTER_S = 5  # what a refused caller is told to wait; space rarely returns sooner
+# Below this much free space the box says it is degraded (``/api/health``) and ``stockverify doctor``
+# fails: a count's scans fill megabytes an hour, so this is minutes to an hour from refused writes.
+DISK_LOW_BYTES = 50 * 1024**2
+PROBE_BYTES = 64 * 1024  # below this much free space an I/O error is taken for a full disk
+
+DISK_FULL = "DISK_FULL"
+DISK_READ_ONLY = "DISK_READ_ONLY"
+_WARNINGS = {  # one line in journalctl when the disk first refuses, for the field tech
+    DISK_FULL: "disk full: scans, batches and heartbeats are refused (507 DISK_FULL) until space is freed "
+    "in the data dir; nothing acknowledged is lost, writes resume by themselves",
+    DISK_READ_ONLY: "disk read-only: scans, batches and heartbeats are refused (507 DISK_READ_ONLY); restart "
+    "the box, and replace its card if it stays read-only; nothing acknowledged is lost",
+}
+_MESSAGES = {
+    DISK_FULL: "the box's disk is full: nothing of this request was stored. Free space on the box; "
+    "writes resume by themselves",
+    DISK_READ_ONLY: "the box's disk is read-only (a filesystem error or a failing card): nothing of this "
+    "request was stored. Restart the box; if it stays read-only, its card needs replacing",
+}
 
 
 def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
@@ -136,6 +167,78 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
+def storage_refusal(exc: BaseException, folder: Path) -> str | None:
+    """``DISK_FULL`` or ``DISK_READ_ONLY`` when the disk under ``folder`` refused ``exc``'s write, else None.
+
+    SQLite names a full disk (SQLITE_FULL) and a database it cannot write (SQLITE_READONLY), but a
+    write that fails with EROFS after the kernel remounted a failing card read-only, or an fsync or
+    truncate that hits ENOSPC, comes back as a plain SQLITE_IOERR with the errno out of Python's reach;
+    for those the disk itself is asked. Called only when a write has already failed.
+    """
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is None:
+            return None
+        primary = code & 0xFF  # the extended codes keep the primary one in their low byte
+        if primary == sqlite3.SQLITE_FULL:
+            return DISK_FULL
+        if primary == sqlite3.SQLITE_READONLY:
+            return DISK_READ_ONLY
+        if primary == sqlite3.SQLITE_IOERR:
+            return probe_disk(folder)
+        return None
+    if isinstance(exc, OSError):
+        return _errno_refusal(exc.errno)
+    return None
+
+
+def _errno_refusal(number: int | None) -> str | None:
+    if number in (errno.ENOSPC, errno.EDQUOT):
+        return DISK_FULL
+    if number == errno.EROFS:
+        return DISK_READ_ONLY
+    return None
+
+
+def probe_disk(folder: Path) -> str | None:
+    """Whether the disk under ``folder`` takes a small write now: None if it does, else why not.
+
+    ext4 marks a filesystem it stopped writing after an error "emergency read-only" without setting
+    the read-only flag ``statvfs`` reports, so only a real write tells."""
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return None
+    if stat.f_flag & os.ST_RDONLY:
+        return DISK_READ_ONLY
+    if stat.f_bavail * stat.f_frsize < PROBE_BYTES:
+        return DISK_FULL
+    probe = folder / f".write-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, bytes(PROBE_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+    except OSError as exc:
+        return _errno_refusal(exc.errno)
+    return None
+
+
+class _StorageProblem:
+    """What the disk refused, since when, and how many requests it cost."""
+
+    __slots__ = ("code", "refused", "since_ms", "started")
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+        self.since_ms = int(time.time() * 1000)
+        self.started = time.monotonic()
+        self.refused = 0
+
+
 class _Stop:
     pass
 
@@ -157,6 +260,7 @@ class Database:
         self._thread = threading.Thread(target=self._run_writer, name="sqlite-writer", daemon=True)
         self._closed = False
         self.commits = 0  # how many COMMITs the writer made; lets tests and benches see group commit
+        self._storage: _StorageProblem | None = None  # set and cleared by the writer thread only
         self._thread.start()
 
     # -- configuration -------------------------------------------------------------------------
@@ -173,6 +277,19 @@ class Database:
         group is, so that whatever a hook collected for those jobs is forgotten."""
         self._job_failed_hooks.append(job_failed)
         self._rollback_hooks.append(rolled_back)
+
+    @property
+    def storage_problem(self) -> dict[str, Any] | None:
+        """None while the disk takes writes; else ``{code, since_ms, refused}`` for health, from the first
+        refused write until the next COMMIT that passes."""
+        problem = self._storage
+        if problem is None:
+            return None
+        return {
+            "code": problem.code,
+            "since_ms": problem.since_ms,
+            "refused": problem.refused,
+        }
 
     # -- reading -------------------------------------------------------------------------------
     def read(self) -> sqlite3.Connection:
@@ -239,6 +356,8 @@ class Database:
         # store's pace writes mostly come one at a time, and that is two statements (two waits for
         # the GIL) fewer for each.
         savepoints = len(group) > 1
+        disk_refused = False  # a job of this group failed for want of disk: its COMMIT proves nothing
+        committed = False
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job, _future in group:
@@ -256,7 +375,9 @@ class Database:
                         conn.execute("ROLLBACK")
                     for forget in self._job_failed_hooks:
                         forget()
-                    outcomes.append((False, exc))
+                    refusal = self._disk_refused(exc)
+                    disk_refused = disk_refused or refusal is not exc
+                    outcomes.append((False, refusal))
                 else:
                     if savepoints:
                         conn.execute("RELEASE job")
@@ -264,15 +385,20 @@ class Database:
             if conn.in_transaction:
                 conn.execute("COMMIT")
                 self.commits += 1
+                committed = True
         except BaseException as exc:  # the commit itself failed: nothing of the group is on disk
-            log.exception("write transaction failed; %d jobs rolled back", len(group))
+            code = storage_refusal(exc, self.path.parent)
+            if code is None:
+                log.exception("write transaction failed; %d jobs rolled back", len(group))
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             for forget in self._rollback_hooks:
                 forget()
             for _job, future in group:
-                future.set_exception(exc)
+                future.set_exception(exc if code is None else self._disk_refused(exc, code))
             return
+        if self._storage is not None and committed and not disk_refused:
+            self._disk_recovered()
         for notify in self._commit_hooks:
             try:
                 notify()
@@ -283,6 +409,37 @@ class Database:
                 future.set_result(value)
             else:
                 future.set_exception(value)
+
+    def _disk_refused(self, exc: BaseException, code: str | None = None) -> BaseException:
+        """``exc`` as the caller should see it: an ``InsufficientStorage`` when the disk refused it
+        (noted for health, and logged once when the disk first refuses), else ``exc`` itself."""
+        code = code or storage_refusal(exc, self.path.parent)
+        if code is None:
+            return exc
+        problem = self._storage
+        if problem is None or problem.code != code:
+            problem = self._storage = _StorageProblem(code)
+            log.warning(
+                _WARNINGS[code],
+                extra={"code": code, "data_dir": str(self.path.parent), "error": str(exc)},
+            )
+        problem.refused += 1
+        refusal = InsufficientStorage(_MESSAGES[code], code=code, details={"retry_after_s": STORAGE_RETRY_AFTER_S})
+        refusal.__cause__ = exc
+        return refusal
+
+    def _disk_recovered(self) -> None:
+        problem = self._storage
+        self._storage = None
+        if problem is not None:
+            log.info(
+                "disk writable again: writes resumed",
+                extra={
+                    "code": problem.code,
+                    "seconds": round(time.monotonic() - problem.started, 1),
+                    "refused": problem.refused,
+                },
+            )
 
     # -- lifecycle -----------------------------------------------------------------------------
     def close(self) -> None:

@@ -215,10 +215,13 @@ class Replicator:
                 self._coming = vectors.after_page(self._coming, page)
                 try:
                     applied = await self.store.apply_page(page, node_id, nbytes)
-                except Exception as exc:  # a page we cannot apply is a person's problem, not a retry loop's
+                except Exception as exc:
+                    # A page this store refuses is a person's problem, not a retry loop's; unless the
+                    # store says the trouble is its own and passes (a 5xx-class status: a full disk).
                     self._coming = {}
                     code = getattr(exc, "code", type(exc).__name__)
-                    raise PeerError(code, f"page from {link.url} refused: {exc}", retryable=False) from exc
+                    passing = getattr(exc, "status", 0) >= 500
+                    raise PeerError(code, f"page from {link.url} refused: {exc}", retryable=passing) from exc
                 if applied:
                     log.debug("pulled %d events from %s", applied, link.url)
                 if not more:

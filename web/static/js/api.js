@@ -13,9 +13,15 @@ export class ApiError extends Error {
 }
 
 let onLoggedOut = () => {};
+let onDiskRefused = () => {};
 
 export function whenLoggedOut(callback) {
   onLoggedOut = callback;
+}
+
+// 507: the box's disk is full or read-only; the disk banner asks /api/health at once rather than at its next poll.
+export function whenDiskRefused(callback) {
+  onDiskRefused = callback;
 }
 
 export function token() {
@@ -46,6 +52,7 @@ export async function request(method, path, body, { blob = false } = {}) {
     setToken(null);
     onLoggedOut("Your login has ended; please log in again.");
   }
+  if (answer.status === 507) onDiskRefused();
   if (!answer.ok) {
     let problem = null;
     try {

@@ -4,6 +4,7 @@
 // their role may open (a verifier never loads the run view's code, let alone its data).
 
 import { ApiError, get, post, setToken, token, whenLoggedOut } from "./api.js";
+import { watchDisk } from "./disk.js";
 import { LiveFeed } from "./live.js";
 import { clear, describeError, h, toast } from "./dom.js";
 
@@ -32,6 +33,8 @@ const live = new LiveFeed((state) => {
   liveDot.dataset.state = state;
   liveDot.textContent = LIVE_TEXT[state] || state;
 });
+
+watchDisk(document.getElementById("disk-banner"));
 
 function makeContext(me) {
   const permissions = new Set(me.permissions || []);
