@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from appliance.auth import people
 from appliance.box import open_box
 from appliance.cli import main
 from appliance.settings import describe
@@ -73,6 +74,24 @@ def test_rebuild_command(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(main, ["rebuild", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "from 2 events" in result.output
+
+
+def test_rebuild_keeps_whoever_is_logged_in(runner: CliRunner, tmp_path: Path) -> None:
+    """Login tokens point at people, a projection the rebuild empties and refolds."""
+    box = open_box(make_settings(tmp_path))
+    try:
+        hashed = people.Passwords(8, 1).hash("a-long-password")
+        made = box.db.write(lambda conn: people.add_user(conn, box.log, "sam", "Sam", "verifier", hashed))
+        token, _ = box.db.write(lambda conn: people.issue_token(conn, made.user_id, 3600))
+    finally:
+        box.close()
+    result = runner.invoke(main, ["rebuild", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    box = open_box(make_settings(tmp_path))
+    try:
+        assert people.user_for_token(box.db.read(), token).username == "sam"
+    finally:
+        box.close()
 
 
 def test_bad_setting_stops_with_its_name(runner: CliRunner, tmp_path: Path) -> None:
