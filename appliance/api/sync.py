@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -10,6 +10,7 @@ from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 
+from appliance.api.sessions import parse_json_first
 from appliance.auth import devices
 from appliance.auth.devices import Device
 from appliance.box import Box
@@ -19,11 +20,16 @@ from appliance.errors import Forbidden
 from appliance.replica import lock_forwarding
 from appliance.replica.lock_forwarding import LockForwarder
 
+# A handheld's outbox holds at most this many records in any sane state; the figure is shown to people
+# and stored as an INTEGER, so a larger (or negative) one is a client fault, refused as VALIDATION.
+MAX_QUEUE_DEPTH = 1_000_000_000
+HEARTBEAT_MAX_BYTES = 64 * 1024  # a heartbeat is a few dozen bytes; the batch limit is for batches
+
 
 class Heartbeat(msgspec.Struct, forbid_unknown_fields=True):
-    queue_depth: int = 0
-    app_version: str = ""
-    session_id: str | None = None
+    queue_depth: Annotated[int, msgspec.Meta(ge=0, le=MAX_QUEUE_DEPTH)] = 0
+    app_version: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    session_id: Annotated[str, msgspec.Meta(max_length=sync.MAX_ID)] | None = None
 
 
 @post("/api/sync/batch", opt={"device": True}, status_code=200)
@@ -58,7 +64,14 @@ def _device_sessions(box: Box, device: Device) -> list[dict[str, Any]]:
     return [sessions.session_dict(conn, row) for row in rows]
 
 
-@post("/api/sync/heartbeat", opt={"device": True}, sync_to_thread=True, status_code=200)
+@post(
+    "/api/sync/heartbeat",
+    opt={"device": True},
+    sync_to_thread=True,
+    status_code=200,
+    before_request=parse_json_first,
+    request_max_body_size=HEARTBEAT_MAX_BYTES,
+)
 def heartbeat(
     data: JSONBody[Heartbeat],
     box: Box,
@@ -70,7 +83,7 @@ def heartbeat(
 
     def beat(conn: Any) -> int:
         devices.record_presence(
-            conn, device.writer_id, queue_depth=max(data.queue_depth, 0), app_version=data.app_version, address=address
+            conn, device.writer_id, queue_depth=data.queue_depth, app_version=data.app_version, address=address
         )
         return locks.renew(conn, ttl_ms=box.settings.lease_ttl_s * 1000, device_id=device.writer_id)
 

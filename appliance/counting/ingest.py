@@ -11,9 +11,11 @@ transaction. The answer is built only after that transaction is committed.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import msgpack
 import msgspec
@@ -28,75 +30,125 @@ from replication.wire.hlc import ClockDriftError, HybridClock, wall_ms
 
 MAX_EVENTS = 500
 MSGPACK = "application/msgpack"
+INT63_MAX = 2**63 - 1  # SQLite's INTEGER is signed 64-bit: a larger id, seq or time cannot be stored
+# Wall-clock claims end at 9999-12-31T23:59:59.999Z, the last instant a date type can show.
+MAX_WALL_MS = 253_402_300_799_999
+MAX_ID = 64  # ids the box makes are 26-character ULIDs; room for other writers' ids, not for a megabyte
+# A ULID: 48 bits of time then 80 of randomness in Crockford base32, upper case as every writer makes it.
+# Each id's length is a decoding constraint; the characters are matched once per batch, all ids joined,
+# which costs a tenth of a pattern matched per event.
+ULID_LENGTH = 26
+_ULIDS = re.compile("(?:[0-7][0-9A-HJKMNP-TV-Z]{25})+")
+
+# Bounds are msgspec constraints, checked in C while the body is decoded, so a batch of 500 events
+# pays nothing per event for them beyond the decode itself.
+Seq = Annotated[int, msgspec.Meta(ge=1, le=INT63_MAX)]
+HeadSeq = Annotated[int, msgspec.Meta(ge=0, le=INT63_MAX)]  # must name the last event; checked against it
+Hlc = Annotated[int, msgspec.Meta(ge=0, le=INT63_MAX)]
+WallMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_WALL_MS)]
+EventId = Annotated[str, msgspec.Meta(min_length=ULID_LENGTH, max_length=ULID_LENGTH)]
+Id = Annotated[str, msgspec.Meta(max_length=MAX_ID)]
+Qty = Annotated[int, msgspec.Meta(ge=1, le=items.MAX_QTY)]
+# |delta| and target within MAX_QTY: see ``items.check_adjustment`` for why no sum can overflow.
+Delta = Annotated[int, msgspec.Meta(ge=-items.MAX_QTY, le=items.MAX_QTY)]
+Target = Annotated[int, msgspec.Meta(ge=0, le=items.MAX_QTY)]
+Token = Annotated[int, msgspec.Meta(ge=0, le=INT63_MAX)]
+Code = Annotated[str, msgspec.Meta(min_length=1, max_length=codes.MAX_CODE)]
+Hex = Annotated[str, msgspec.Meta(max_length=2 * 1024)]
 
 
 class WireEvent(msgspec.Struct, forbid_unknown_fields=True):
-    seq: int
-    event_id: str
+    seq: Seq
+    event_id: EventId
     type: str
-    hlc: int
-    occurred_at: int | None
+    hlc: Hlc
+    occurred_at: WallMs | None
     prev_hash: bytes
     payload: dict[str, Any]
 
 
 class WireHead(msgspec.Struct, forbid_unknown_fields=True):
-    seq: int
+    seq: HeadSeq
     hash: bytes
     signature: bytes
 
 
 class WireBatch(msgspec.Struct, forbid_unknown_fields=True):
-    writer_id: str
+    writer_id: Id
     events: list[WireEvent]
     head: WireHead
 
 
+# JSON carries each ``bin`` as a hex string; these mirror the structs above with those fields as text,
+# so JSON is checked by the same constraints, in C, before anything of it is touched.
+class _JsonEvent(msgspec.Struct, forbid_unknown_fields=True):
+    seq: Seq
+    event_id: EventId
+    type: str
+    hlc: Hlc
+    occurred_at: WallMs | None
+    prev_hash: Hex
+    payload: dict[str, Any]
+
+
+class _JsonHead(msgspec.Struct, forbid_unknown_fields=True):
+    seq: HeadSeq
+    hash: Hex
+    signature: Hex
+
+
+class _JsonBatch(msgspec.Struct, forbid_unknown_fields=True):
+    writer_id: Id
+    events: list[_JsonEvent]
+    head: _JsonHead
+
+
 _MSGPACK_BATCH = msgspec.msgpack.Decoder(WireBatch)
+_JSON_BATCH = msgspec.json.Decoder(_JsonBatch)
 
 
 # -- payload schemas (docs/sync-protocol.md §5) ----------------------------------------------------
 class _Payload(msgspec.Struct, forbid_unknown_fields=True):
-    session_id: str
-    by: str
+    session_id: Id
+    by: Id
 
 
 class ScanRecorded(_Payload):
-    code: str
-    qty: int
-    rack_id: str
-    product_id: str | None
-    token: int | None
+    code: Code
+    qty: Qty
+    rack_id: Id
+    product_id: Id | None
+    token: Token | None
 
 
 class ScanUndone(_Payload):
-    undoes: str
-    of_writer: str
-    code: str
-    rack_id: str
-    qty: int
+    undoes: Id
+    of_writer: Id
+    code: Code
+    rack_id: Id
+    qty: Qty
 
 
 class Adjusted(_Payload):
-    product_id: str
-    delta: int
-    target: int
+    product_id: Id
+    delta: Delta
+    target: Target
 
 
 class AttributesSet(_Payload):
-    product_id: str
+    product_id: Id
     attrs: dict[str, Any]
 
 
 class SerialAdded(_Payload):
-    product_id: str
+    product_id: Id
     serial: str
 
 
 class SerialRemoved(_Payload):
-    product_id: str
+    product_id: Id
     serial: str
-    tags: list[str]
+    tags: list[Id]
 
 
 DEVICE_EVENT_TYPES: dict[str, type[_Payload]] = {
@@ -110,6 +162,29 @@ DEVICE_EVENT_TYPES: dict[str, type[_Payload]] = {
 }
 
 
+def _check_adjusted(value: Any, event_type: str) -> None:
+    items.check_adjustment(value.delta, value.target, nonzero=event_type == "count.adjusted")
+
+
+def _check_attributes(value: Any, event_type: str) -> None:
+    items.check_attributes(value.attrs)
+
+
+def _check_serial(value: Any, event_type: str) -> None:
+    items.check_serial(value.serial)
+
+
+# The checks a schema's constraints cannot say, by type; scans (nearly every event) have none, so they
+# pay one dictionary lookup here and nothing else.
+_DOMAIN_CHECKS: dict[str, Callable[[Any, str], None]] = {
+    "count.adjusted": _check_adjusted,
+    "damage.adjusted": _check_adjusted,
+    "item.attributes_set": _check_attributes,
+    "serial.added": _check_serial,
+    "serial.removed": _check_serial,
+}
+
+
 def _check_payload(event_type: str, payload: dict[str, Any]) -> None:
     schema = DEVICE_EVENT_TYPES.get(event_type)
     if schema is None:
@@ -118,48 +193,48 @@ def _check_payload(event_type: str, payload: dict[str, Any]) -> None:
         value = msgspec.convert(payload, schema, strict=True)
     except msgspec.ValidationError as exc:
         raise ValueError(str(exc)) from None
-    if isinstance(value, ScanRecorded | ScanUndone):
-        if not 0 < len(value.code) <= codes.MAX_CODE:
-            raise ValueError(f"code must be 1-{codes.MAX_CODE} characters")
-        if not 0 < value.qty <= items.MAX_QTY:
-            raise ValueError(f"qty must be 1-{items.MAX_QTY}")
-    elif isinstance(value, Adjusted):
-        if value.target < 0 or (value.delta == 0 and event_type == "count.adjusted"):
-            raise ValueError("target must be >= 0 and delta non-zero")
-    elif isinstance(value, AttributesSet):
+    check = _DOMAIN_CHECKS.get(event_type)
+    if check is not None:
         try:
-            items.check_attributes(value.attrs)
+            check(value, event_type)
         except ValidationFailed as exc:
             raise ValueError(exc.message) from None
-    elif isinstance(value, SerialAdded | SerialRemoved) and not 0 < len(value.serial.strip()) <= 64:
-        raise ValueError("serial must be 1-64 characters")
 
 
 # -- decoding -------------------------------------------------------------------------------------
 def decode_batch(body: bytes, content_type: str) -> WireBatch:
-    """Parse a msgpack or JSON batch; JSON carries ``bin`` fields as hex strings."""
+    """Parse a msgpack or JSON batch; JSON carries ``bin`` fields as hex strings.
+
+    Every malformed envelope is one answer, 400 ``VALIDATION``, in either format: the shape is
+    checked while decoding, before any of it is used, and a body nested deeper than the decoder
+    follows is malformed too rather than an error of the box.
+    """
     try:
         if content_type.startswith(MSGPACK):
             batch = _MSGPACK_BATCH.decode(body)
         else:
-            raw = json.loads(body)
-            for event in raw.get("events", []) if isinstance(raw, dict) else []:
-                if isinstance(event, dict) and isinstance(event.get("prev_hash"), str):
-                    event["prev_hash"] = bytes.fromhex(event["prev_hash"])
-            head = raw.get("head") if isinstance(raw, dict) else None
-            if isinstance(head, dict):
-                for key in ("hash", "signature"):
-                    if isinstance(head.get(key), str):
-                        head[key] = bytes.fromhex(head[key])
-            batch = msgspec.convert(raw, WireBatch, strict=True)
-    except (ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            batch = _from_json(_JSON_BATCH.decode(body))
+    except (ValueError, msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
         raise BadRequest(f"the batch is not a valid envelope: {exc}", code="VALIDATION") from None
     if not 1 <= len(batch.events) <= MAX_EVENTS:
         raise BadRequest(f"a batch holds 1 to {MAX_EVENTS} events", code="VALIDATION")
     seqs = [e.seq for e in batch.events]
-    if seqs != list(range(seqs[0], seqs[0] + len(seqs))) or seqs[0] < 1:
+    if seqs != list(range(seqs[0], seqs[0] + len(seqs))):
         raise BadRequest("a batch's events are in increasing seq order without holes", code="VALIDATION")
+    if _ULIDS.fullmatch("".join([e.event_id for e in batch.events])) is None:
+        bad = next(e for e in batch.events if _ULIDS.fullmatch(e.event_id) is None)
+        raise BadRequest(f"event_id {bad.event_id!r} of seq {bad.seq} is not a ULID", code="VALIDATION")
     return batch
+
+
+def _from_json(raw: _JsonBatch) -> WireBatch:
+    """The hex fields as bytes (``ValueError`` for one that is not hex); nothing else to check."""
+    events = [
+        WireEvent(e.seq, e.event_id, e.type, e.hlc, e.occurred_at, bytes.fromhex(e.prev_hash), e.payload)
+        for e in raw.events
+    ]
+    head = WireHead(raw.head.seq, bytes.fromhex(raw.head.hash), bytes.fromhex(raw.head.signature))
+    return WireBatch(raw.writer_id, events, head)
 
 
 def encode_answer(answer: dict[str, Any], content_type: str) -> tuple[bytes, str]:
@@ -203,10 +278,14 @@ def precheck(device: Device, batch: WireBatch, clock: HybridClock) -> tuple[list
         try:
             event.payload_bytes  # noqa: B018 - canonical form is checked (and cached for the hash) here
             _check_payload(event.type, event.payload)
-            if len(event.event_id) != 26:
-                raise ValueError("event_id must be a 26-character ULID")
-        except ValueError as exc:
-            return events, outcome.refuse_all(events, "VALIDATION", str(exc), at=index)
+        except (ValueError, RecursionError) as exc:
+            message = str(exc) if isinstance(exc, ValueError) else "the payload is nested too deep"
+            return events, outcome.refuse_all(events, "VALIDATION", message, at=index)
+    reused = _reused_in_batch(events)
+    if reused is not None:
+        return events, outcome.refuse_all(
+            events, "EVENT_ID_REUSED", f"event_id {events[reused].event_id} is used twice in the batch", at=reused
+        )
     broken = verify_chain(events[1:], events[0].hash, events[0].seq)
     if broken is not None:
         return events, outcome.refuse_all(
@@ -230,6 +309,29 @@ def precheck(device: Device, batch: WireBatch, clock: HybridClock) -> tuple[list
             except ClockDriftError as exc:
                 return events, outcome.refuse_all(events, "CLOCK_AHEAD", str(exc), at=index)
     return events, None
+
+
+def _reused_in_batch(events: list[Event]) -> int | None:
+    """The index of the first event whose id an earlier event of the batch already has."""
+    if len({event.event_id for event in events}) == len(events):  # one set per batch: the common case
+        return None
+    seen: set[str] = set()
+    for index, event in enumerate(events):
+        if event.event_id in seen:
+            return index
+        seen.add(event.event_id)
+    return None
+
+
+def _reused_in_store(conn: sqlite3.Connection, events: list[Event]) -> int | None:
+    """The index of the first of these (new) events whose id the log already holds, under any writer.
+
+    One statement per batch on the ``event_id`` unique index, rather than one lookup per event.
+    """
+    ids = [event.event_id for event in events]
+    marks = ",".join("?" * len(ids))
+    taken = {row[0] for row in conn.execute(f"SELECT event_id FROM events WHERE event_id IN ({marks})", ids)}
+    return next((index for index, event_id in enumerate(ids) if event_id in taken), None)
 
 
 def ingest(conn: sqlite3.Connection, log: EventLog, device: Device, events: list[Event], signature: bytes) -> Outcome:
@@ -261,6 +363,14 @@ def ingest(conn: sqlite3.Connection, log: EventLog, device: Device, events: list
             events, "CHAIN_BROKEN", "the batch does not continue the stored chain", at=len(stored_part)
         )
     if new:
+        clash = _reused_in_store(conn, new)
+        if clash is not None:  # the stored part is a prefix of the batch: its events are not new
+            return outcome.refuse_all(
+                events,
+                "EVENT_ID_REUSED",
+                f"event_id {new[clash].event_id} is already stored for another event",
+                at=len(stored_part) + clash,
+            )
         log.clock.observe(max(event.hlc for event in new))
     log.append_run(conn, new)
     if new:

@@ -33,7 +33,13 @@ projection_tables(
     "serial_removes",
 )
 
+# The largest quantity one event may carry: a scan's qty, a "set to N" target, an adjustment's |delta|.
+# Counters and rollups are sums in SQLite's signed 64-bit integers; with every event's part at most
+# 10^5, a sum reaches 2^63 only after 9.2 * 10^13 events in one session, petabytes of log that no box
+# holds, so no read or fold of stored events can overflow however many arrive.
 MAX_QTY = 100_000
+MAX_SERIAL = 64
+MAX_TEXT = 64
 ITEM_STATUSES = ("partial", "finalized", "re-verify")
 CONDITIONS = ("good", "damaged", "expired", "opened", "repackaged", "other")
 ATTRIBUTES = ("mfg_date", "mrp_minor", "uom", "condition", "category", "status")
@@ -177,6 +183,8 @@ def set_quantity(
     counting_session(conn, actor, session_id, supervising)
     require_product(conn, product_id)
     target = _check_qty(qty, allow_zero=True)
+    # The delta may exceed MAX_QTY (a count devices took high), but it brings the sum back to a bounded
+    # target, so the box's own adjustments grow the counters no faster than the events they correct.
     delta = target - item_quantity(conn, session_id, product_id)
     if delta:
         log.record(
@@ -221,7 +229,30 @@ def set_damage(
 
 
 # -- attributes and serials ------------------------------------------------------------------------
+def check_adjustment(delta: int, target: int, *, nonzero: bool) -> None:
+    """An adjustment a writer sends: ``target`` 0..MAX_QTY and ``|delta|`` at most MAX_QTY.
+
+    A count shown above MAX_QTY is set down by several adjustments; bounding each one is what keeps
+    every counter and every sum of them inside 64 bits (see ``MAX_QTY``).
+    """
+    if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target <= MAX_QTY:
+        raise ValidationFailed(f"target must be a whole number from 0 to {MAX_QTY}", details={"field": "target"})
+    if isinstance(delta, bool) or not isinstance(delta, int) or not -MAX_QTY <= delta <= MAX_QTY:
+        raise ValidationFailed(f"delta must be a whole number from -{MAX_QTY} to {MAX_QTY}", details={"field": "delta"})
+    if nonzero and delta == 0:
+        raise ValidationFailed("delta must not be 0", details={"field": "delta"})
+
+
+def check_serial(serial: str) -> str:
+    text = serial.strip() if isinstance(serial, str) else ""
+    if not text or len(serial) > MAX_SERIAL:
+        raise ValidationFailed(f"a serial number is 1-{MAX_SERIAL} characters", details={"field": "serial"})
+    return text
+
+
 def check_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The attributes in the form they are kept. A value's type is checked before its content: a
+    list or a map is no attribute value, and a device's event is stored as it was sent."""
     clean: dict[str, Any] = {}
     for name, value in attrs.items():
         if name not in ATTRIBUTES:
@@ -229,20 +260,27 @@ def check_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
         if value is None:
             clean[name] = None
         elif name == "mfg_date":
-            try:
-                clean[name] = dt.date.fromisoformat(str(value)).isoformat()
-            except ValueError:
-                raise ValidationFailed("mfg_date must be a date like 2026-03-01", details={"field": name}) from None
+            clean[name] = _check_date(value, name)
         elif name == "mrp_minor":
-            clean[name] = _check_qty(value, name, allow_zero=True) if isinstance(value, int) else _bad(name)
+            clean[name] = _check_qty(value, name, allow_zero=True)
         elif name == "status":
-            clean[name] = value if value in ITEM_STATUSES else _bad(name, ITEM_STATUSES)
+            clean[name] = value if isinstance(value, str) and value in ITEM_STATUSES else _bad(name, ITEM_STATUSES)
         elif name == "condition":
-            clean[name] = value if value in CONDITIONS else _bad(name, CONDITIONS)
+            clean[name] = value if isinstance(value, str) and value in CONDITIONS else _bad(name, CONDITIONS)
         else:
-            text = str(value).strip()
-            clean[name] = text if 0 < len(text) <= 64 else _bad(name)
+            text = value.strip() if isinstance(value, str) else ""
+            clean[name] = text if len(text) > 0 and len(value) <= MAX_TEXT else _bad(name)
     return clean
+
+
+def _check_date(value: Any, name: str) -> str:
+    """``YYYY-MM-DD`` exactly: the stored text is compared with dates as text (conflict checks)."""
+    if isinstance(value, str) and len(value) == 10 and value[4] == value[7] == "-":
+        try:
+            return dt.date.fromisoformat(value).isoformat()
+        except ValueError:
+            pass
+    raise ValidationFailed("mfg_date must be a date like 2026-03-01", details={"field": name})
 
 
 def _bad(name: str, choices: tuple[str, ...] = ()) -> Any:
@@ -283,9 +321,7 @@ def add_serial(
 ) -> None:
     counting_session(conn, actor, session_id, supervising)
     require_product(conn, product_id)
-    text = serial.strip()
-    if not text or len(text) > 64:
-        raise ValidationFailed("a serial number is 1-64 characters", details={"field": "serial"})
+    text = check_serial(serial)
     if text in item_serials(conn, session_id, product_id):
         raise Conflict("that serial is already on this item", code="SERIAL_ALREADY_ON_ITEM")
     log.record(
@@ -437,9 +473,13 @@ def _serial_removed(conn: sqlite3.Connection, event: Event) -> None:
 
 
 # -- queries --------------------------------------------------------------------------------------
+# Sums are ``CAST(total(...) AS INTEGER)``, not ``sum(...)``: SQLite's sum() fails the whole read on an
+# overflow, so one event stored before the bounds existed (or replicated from a box without them) would
+# break every view of its run for good. total() cannot fail; it is exact up to 2^53, far beyond any sum
+# of bounded events, and the cast keeps the answer an integer (saturating past 64 bits).
 def item_quantity(conn: sqlite3.Connection, session_id: str, product_id: str) -> int:
     row = conn.execute(
-        "SELECT coalesce(sum(c.p - c.n), 0) FROM counted_scans c JOIN scan_codes s ON s.code = c.code"
+        "SELECT CAST(total(c.p - c.n) AS INTEGER) FROM counted_scans c JOIN scan_codes s ON s.code = c.code"
         " WHERE c.session_id = ? AND s.product_id = ?",
         (session_id, product_id),
     ).fetchone()
@@ -448,7 +488,7 @@ def item_quantity(conn: sqlite3.Connection, session_id: str, product_id: str) ->
 
 def damage_quantity(conn: sqlite3.Connection, session_id: str, product_id: str) -> int:
     row = conn.execute(
-        "SELECT coalesce(sum(p - n), 0) FROM counted_damage WHERE session_id = ? AND product_id = ?",
+        "SELECT CAST(total(p - n) AS INTEGER) FROM counted_damage WHERE session_id = ? AND product_id = ?",
         (session_id, product_id),
     ).fetchone()
     return int(row[0])
@@ -481,8 +521,9 @@ def session_items(conn: sqlite3.Connection, session_id: str) -> dict[str, Any]:
 
     unmatched = []
     for row in conn.execute(
-        "SELECT s.product_id, c.code, sum(c.p - c.n) AS qty, max(c.last_hlc) AS last_hlc FROM counted_scans c"
-        " JOIN scan_codes s ON s.code = c.code WHERE c.session_id = ? GROUP BY s.product_id, c.code",
+        "SELECT s.product_id, c.code, CAST(total(c.p - c.n) AS INTEGER) AS qty, max(c.last_hlc) AS last_hlc"
+        " FROM counted_scans c JOIN scan_codes s ON s.code = c.code WHERE c.session_id = ?"
+        " GROUP BY s.product_id, c.code",
         (session_id,),
     ):
         if row["product_id"] is None:
@@ -492,7 +533,7 @@ def session_items(conn: sqlite3.Connection, session_id: str) -> dict[str, Any]:
             entry["qty"] += row["qty"]
             entry["last_scan_hlc"] = max(entry.get("last_scan_hlc", 0), row["last_hlc"])
     for row in conn.execute(
-        "SELECT product_id, sum(p - n) FROM counted_damage WHERE session_id = ? GROUP BY product_id",
+        "SELECT product_id, CAST(total(p - n) AS INTEGER) FROM counted_damage WHERE session_id = ? GROUP BY product_id",
         (session_id,),
     ):
         item(row[0])["damage_qty"] = row[1]

@@ -11,9 +11,10 @@ import sqlite3
 from collections import defaultdict
 from typing import Any
 
-# Quantity per (session, product) and the unmatched codes per session, for one run.
+# Quantity per (session, product) and the unmatched codes per session, for one run. Sums are
+# CAST(total(...) AS INTEGER) so that no stored value can make a read fail (see ``items`` queries).
 _SESSION_PRODUCT_QTY = """
-    SELECT c.session_id, s.product_id, c.code, sum(c.p - c.n) AS qty
+    SELECT c.session_id, s.product_id, c.code, CAST(total(c.p - c.n) AS INTEGER) AS qty
     FROM counted_scans c
     JOIN sessions se ON se.session_id = c.session_id
     JOIN scan_codes s ON s.code = c.code
@@ -165,7 +166,7 @@ def run_rollup(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
     }
     rack_units: dict[str, int] = defaultdict(int)
     for row in conn.execute(
-        f"SELECT c.rack_id, sum(c.p - c.n) FROM counted_scans c JOIN scan_codes s ON s.code = c.code"
+        f"SELECT c.rack_id, CAST(total(c.p - c.n) AS INTEGER) FROM counted_scans c JOIN scan_codes s ON s.code = c.code"
         f" WHERE c.session_id IN ({marks}) AND s.product_id IS NOT NULL AND c.rack_id != '' GROUP BY c.rack_id",
         approved,
     ):
