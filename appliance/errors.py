@@ -18,8 +18,8 @@ place. Each error carries a stable ``code`` (clients switch on it), a human ``me
                                    was stored; the same request passes once space is back
 
 A 507 is retryable for handhelds and peers (``replication.retry`` retries every status >= 500), and its
-``details`` carry ``retry_after_s``, the pause the box suggests, since the one error mapping sends no
-``Retry-After`` header for it.
+``details`` carry ``retry_after_s``, the pause the box suggests; the one error mapping also sends it
+as ``Retry-After`` whenever an error's details carry one.
 """
 
 from __future__ import annotations

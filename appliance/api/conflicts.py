@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import get, post
 from litestar.handlers import HTTPRouteHandler
-from litestar.params import JSONBody
+from litestar.params import JSONBody, Parameter
 
+from appliance.api.deps import SMALL_BODY, one_of
 from appliance.auth.people import User
 from appliance.box import Box
 from appliance.counting import codes, conflicts
 from appliance.errors import ValidationFailed
 
+QUEUE_STATUSES = ("open", "resolved", "all")
+
 
 class Resolution(msgspec.Struct, forbid_unknown_fields=True):
-    action: str
+    action: Annotated[str, one_of(conflicts.ACTIONS)]
     reason: str = ""
     edits: dict[str, Any] = {}
 
@@ -28,8 +31,12 @@ class CodeMapping(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @get("/api/conflicts", opt={"permission": "conflicts.read"}, sync_to_thread=True)
-def list_conflicts(box: Box, run_id: str | None = None, status: str = "open") -> list[dict[str, Any]]:
-    if status not in ("open", "resolved", "all"):
+def list_conflicts(
+    box: Box,
+    run_id: str | None = None,
+    status: Annotated[str, Parameter(schema_extra={"enum": list(QUEUE_STATUSES)})] = "open",
+) -> list[dict[str, Any]]:
+    if status not in QUEUE_STATUSES:
         raise ValidationFailed("status must be open, resolved or all", details={"field": "status"})
     conn = box.db.read()
     return _named(conn, conflicts.conflicts(conn, run_id, status))
@@ -79,6 +86,7 @@ def _sessions(conflict: dict[str, Any]) -> list[str]:
     opt={"permission": "conflicts.resolve"},
     sync_to_thread=True,
     status_code=200,
+    request_max_body_size=SMALL_BODY,
 )
 def resolve(conflict_id: str, data: JSONBody[Resolution], box: Box, user: User) -> dict[str, Any]:
     return box.db.write(
@@ -88,7 +96,13 @@ def resolve(conflict_id: str, data: JSONBody[Resolution], box: Box, user: User) 
     )
 
 
-@post("/api/codes/map", opt={"permission": "codes.map"}, sync_to_thread=True, status_code=201)
+@post(
+    "/api/codes/map",
+    opt={"permission": "codes.map"},
+    sync_to_thread=True,
+    status_code=201,
+    request_max_body_size=SMALL_BODY,
+)
 def map_code(data: JSONBody[CodeMapping], box: Box, user: User) -> dict[str, Any]:
     return box.db.write(lambda conn: codes.map_code(conn, box.log, user, data.code, data.sku))
 

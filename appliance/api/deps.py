@@ -4,9 +4,10 @@ app-wide guard, both made from the app's ``Services`` so that nothing is looked 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import msgspec
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
@@ -22,6 +23,24 @@ from appliance.replica.lock_forwarding import LockForwarder
 from appliance.services import Services
 
 Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
+
+# Body limits per route, below the app-wide ``max_request_bytes`` (sized for a handheld's batch): a
+# form's worth of JSON, and a body that carries lists of SKUs or racks. Without them any route,
+# login included, would buffer megabytes for whoever sent them.
+SMALL_BODY = 16 * 1024
+LIST_BODY = 1024 * 1024
+
+# The largest integer SQLite stores; a larger one handed to a query raises OverflowError (a 500), so
+# numbers that reach SQL unchecked are bounded where they are read.
+SQL_INT_MAX = 2**63 - 1
+
+
+def one_of(values: Iterable[str]) -> msgspec.Meta:
+    """A Struct field's fixed vocabulary, for the OpenAPI document only.
+
+    The domain still checks the value and answers 422 with its own code, as it always has; typing the
+    field as a ``Literal`` would move the refusal to the decoder's 400 and change what clients see."""
+    return msgspec.Meta(extra_json_schema={"extra": {"enum": list(values)}})
 
 
 def dependencies(services: Services) -> dict[str, Provide]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import msgspec
@@ -13,12 +13,15 @@ from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 
+from appliance.api.deps import SMALL_BODY, one_of
 from appliance.auth import devices
 from appliance.auth.people import LoginThrottle, User
 from appliance.box import Box
 from appliance.errors import ValidationFailed
 
 PAIRING_DIGITS = 6
+ASCII_DIGITS = frozenset("0123456789")
+QUARANTINE_DECISIONS = ("accepted", "rejected")
 
 
 class PairRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -38,7 +41,7 @@ class Revoke(msgspec.Struct, forbid_unknown_fields=True):
 class QuarantineDecision(msgspec.Struct, forbid_unknown_fields=True):
     writer_id: str
     session_id: str
-    decision: str
+    decision: Annotated[str, one_of(QUARANTINE_DECISIONS)]
     reason: str
 
 
@@ -57,7 +60,7 @@ def pairing_code(box: Box, user: User, request: Request[Any, Any, State]) -> dic
 def pairing_qr(box: Box, request: Request[Any, Any, State], code: str) -> Response[bytes]:
     """The pairing URI of ``code`` as an SVG QR code, drawn on the box: the store has no internet to
     fetch a QR library from, and a handheld's camera reads it off the supervisor's screen."""
-    digits = "".join(c for c in code if c.isdigit())
+    digits = "".join(c for c in code if c in ASCII_DIGITS)  # str.isdigit() takes other scripts' digits too
     if len(digits) != PAIRING_DIGITS or len(code) > PAIRING_DIGITS + 2:
         raise ValidationFailed("code must be a 6-digit pairing code", details={"field": "code"})
     pretty = f"{digits[:3]}-{digits[3:]}"
@@ -68,7 +71,13 @@ def pairing_qr(box: Box, request: Request[Any, Any, State], code: str) -> Respon
     return Response(svg.getvalue(), media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
 
 
-@post("/api/devices/pair", opt={"public": True}, sync_to_thread=True, status_code=201)
+@post(
+    "/api/devices/pair",
+    opt={"public": True},
+    sync_to_thread=True,
+    status_code=201,
+    request_max_body_size=SMALL_BODY,
+)
 def pair(
     data: JSONBody[PairRequest], box: Box, login_throttle: LoginThrottle, request: Request[Any, Any, State]
 ) -> dict[str, Any]:
@@ -96,13 +105,24 @@ def list_devices(box: Box) -> list[dict[str, Any]]:
     return devices.list_devices(box.db.read())
 
 
-@patch("/api/devices/{writer_id:str}", opt={"permission": "devices.manage"}, sync_to_thread=True)
+@patch(
+    "/api/devices/{writer_id:str}",
+    opt={"permission": "devices.manage"},
+    sync_to_thread=True,
+    request_max_body_size=SMALL_BODY,
+)
 def rename(writer_id: str, data: JSONBody[Rename], box: Box, user: User) -> dict[str, Any]:
     box.db.write(lambda conn: devices.rename(conn, box.log, user, writer_id, data.name))
     return {"writer_id": writer_id, "name": data.name.strip()}
 
 
-@post("/api/devices/{writer_id:str}/revoke", opt={"permission": "devices.manage"}, sync_to_thread=True, status_code=200)
+@post(
+    "/api/devices/{writer_id:str}/revoke",
+    opt={"permission": "devices.manage"},
+    sync_to_thread=True,
+    status_code=200,
+    request_max_body_size=SMALL_BODY,
+)
 def revoke(writer_id: str, data: JSONBody[Revoke], box: Box, user: User) -> dict[str, Any]:
     box.db.write(lambda conn: devices.revoke(conn, box.log, user, writer_id, data.reason))
     return {"writer_id": writer_id, "status": "revoked", "quarantine": devices.quarantine(box.db.read())}
@@ -113,7 +133,13 @@ def quarantine(box: Box) -> list[dict[str, Any]]:
     return devices.quarantine(box.db.read())
 
 
-@post("/api/quarantine/decide", opt={"permission": "devices.manage"}, sync_to_thread=True, status_code=200)
+@post(
+    "/api/quarantine/decide",
+    opt={"permission": "devices.manage"},
+    sync_to_thread=True,
+    status_code=200,
+    request_max_body_size=SMALL_BODY,
+)
 def decide(data: JSONBody[QuarantineDecision], box: Box, user: User) -> list[dict[str, Any]]:
     box.db.write(
         lambda conn: devices.decide_quarantine(

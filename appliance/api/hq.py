@@ -20,6 +20,8 @@ from litestar import Response, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody, RawBody
 
+from appliance.api.deps import LIST_BODY
+from appliance.api.products import DRY_RUN
 from appliance.api.runs import NewRun, run_view
 from appliance.auth.people import User
 from appliance.box import Box
@@ -60,6 +62,7 @@ def list_stores(box: Box, hub: Hub | None) -> dict[str, Any]:
     opt={"permission": "hq.stores.write"},
     sync_to_thread=True,
     status_code=201,
+    responses=DRY_RUN,
 )
 def import_products(
     box: Box,
@@ -97,7 +100,13 @@ def list_runs(box: Box, hub: Hub | None, store_id: str) -> list[dict[str, Any]]:
     return runs.list_runs(_hq(hub, box).held(store_id).db.read())
 
 
-@post("/api/hq/stores/{store_id:str}/runs", opt={"permission": "hq.stores.write"}, sync_to_thread=True, status_code=201)
+@post(
+    "/api/hq/stores/{store_id:str}/runs",
+    opt={"permission": "hq.stores.write"},
+    sync_to_thread=True,
+    status_code=201,
+    request_max_body_size=LIST_BODY,
+)
 def plan_run(
     box: Box, hub: Hub | None, store_id: str, data: JSONBody[PlannedRun], user: User, create: bool = False
 ) -> dict[str, Any]:

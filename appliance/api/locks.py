@@ -5,13 +5,14 @@ box they are forwarded to it (``appliance.replica.lock_forwarding``) and its ans
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import delete, get, post
 from litestar.handlers import HTTPRouteHandler
-from litestar.params import JSONBody
+from litestar.params import JSONBody, Parameter
 
+from appliance.api.deps import SMALL_BODY
 from appliance.auth.people import User
 from appliance.auth.permissions import allowed
 from appliance.box import Box
@@ -49,7 +50,12 @@ def rack_board(box: Box, user: User, run_id: str) -> list[dict[str, Any]]:
     return board
 
 
-@post("/api/runs/{run_id:str}/racks/{rack:str}/claim", opt={"permission": "sessions.count"}, status_code=201)
+@post(
+    "/api/runs/{run_id:str}/racks/{rack:str}/claim",
+    opt={"permission": "sessions.count"},
+    status_code=201,
+    request_max_body_size=SMALL_BODY,
+)
 async def claim(
     run_id: str, rack: str, data: JSONBody[Claim], box: Box, user: User, forwarder: LockForwarder | None
 ) -> dict[str, Any]:
@@ -62,7 +68,12 @@ async def claim(
 
 @post("/api/runs/{run_id:str}/racks/{rack:str}/{action:str}", opt={"permission": "sessions.count"}, status_code=200)
 async def move(
-    run_id: str, rack: str, action: str, box: Box, user: User, forwarder: LockForwarder | None
+    run_id: str,
+    rack: str,
+    action: Annotated[str, Parameter(schema_extra={"enum": list(locks.RACK_MOVES)})],
+    box: Box,
+    user: User,
+    forwarder: LockForwarder | None,
 ) -> dict[str, Any]:
     """The holder's moves: start, pause, resume, finish, release."""
     op = LockOp("move", user.user_id, run_id=run_id, rack=rack, action=action)
@@ -74,6 +85,7 @@ async def move(
     opt={"permission": "sessions.manage"},
     sync_to_thread=True,
     status_code=200,
+    request_max_body_size=SMALL_BODY,
 )
 def force_release(run_id: str, rack: str, data: JSONBody[Reason], box: Box, user: User) -> dict[str, Any]:
     return box.db.write(
@@ -88,6 +100,7 @@ def force_release(run_id: str, rack: str, data: JSONBody[Reason], box: Box, user
     opt={"permission": "sessions.manage"},
     sync_to_thread=True,
     status_code=200,
+    request_max_body_size=SMALL_BODY,
 )
 def reverify(run_id: str, rack: str, data: JSONBody[Reason], box: Box, user: User) -> dict[str, Any]:
     return box.db.write(
@@ -117,6 +130,7 @@ async def get_lock(box: Box, session_id: str) -> dict[str, Any]:
     opt={"permission": "sessions.count"},
     status_code=200,
     operation_id="LockSession",
+    request_max_body_size=SMALL_BODY,
 )
 async def lock(
     session_id: str, data: JSONBody[SessionLock], box: Box, user: User, forwarder: LockForwarder | None
@@ -131,7 +145,12 @@ async def release(session_id: str, box: Box, user: User, forwarder: LockForwarde
     return await lock_forwarding.perform(box, forwarder, user, op)
 
 
-@post("/api/sessions/{session_id:str}/lock/force-release", opt={"permission": "sessions.manage"}, status_code=200)
+@post(
+    "/api/sessions/{session_id:str}/lock/force-release",
+    opt={"permission": "sessions.manage"},
+    status_code=200,
+    request_max_body_size=SMALL_BODY,
+)
 async def force_release_lock(
     session_id: str, data: JSONBody[Reason], box: Box, user: User, forwarder: LockForwarder | None
 ) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from litestar import get
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import Parameter
 
+from appliance.api.deps import SQL_INT_MAX
 from appliance.box import Box
 from appliance.store import eventlog
 
@@ -52,7 +53,7 @@ def writers(box: Box) -> dict[str, Any]:
 def writer_events(
     box: Box,
     writer_id: str,
-    after_seq: int = Parameter(default=0, ge=0),
+    after_seq: int = Parameter(default=0, ge=0, le=SQL_INT_MAX),
     limit: int = Parameter(default=200, ge=1, le=1000),
 ) -> list[dict[str, Any]]:
     return [_event_dict(e) for e in eventlog.events_of(box.db.read(), writer_id, after_seq, limit)]

@@ -10,20 +10,31 @@ from typing import Annotated, Any
 
 from litestar import Response, get, post
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi import ResponseSpec
 from litestar.params import Parameter, RawBody
 
+from appliance.api.deps import SQL_INT_MAX
 from appliance.auth.people import User
 from appliance.auth.permissions import allowed
 from appliance.box import Box
 from appliance.catalog import product_import, products
 from appliance.errors import NotFound
 
+# A dry run answers 200 with the preview, beside the real import's 201.
+DRY_RUN = {200: ResponseSpec(data_container=dict[str, Any], description="dry_run: the preview, nothing written")}
+
 
 def _sees_expected(user: User) -> bool:
     return allowed("products.read_expected", user.role)
 
 
-@post("/api/products/import", opt={"permission": "products.import"}, sync_to_thread=True, status_code=201)
+@post(
+    "/api/products/import",
+    opt={"permission": "products.import"},
+    sync_to_thread=True,
+    status_code=201,
+    responses=DRY_RUN,
+)
 def import_products(body: RawBody, box: Box, filename: str = "", dry_run: bool = False) -> Response[dict[str, Any]]:
     """The request body is the CSV or XLSX file itself; ``filename`` only helps tell which it is.
 
@@ -43,7 +54,7 @@ def list_products(
     q: str | None = None,
     category: str | None = None,
     limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
-    offset: Annotated[int, Parameter(ge=0)] = 0,
+    offset: Annotated[int, Parameter(ge=0, le=SQL_INT_MAX)] = 0,
 ) -> dict[str, Any]:
     return products.search(box.db.read(), q, limit, offset, _sees_expected(user), category)
 

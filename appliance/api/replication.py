@@ -17,6 +17,7 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 
+from appliance.api.deps import SMALL_BODY
 from appliance.box import Box
 from appliance.errors import BadRequest, Forbidden, NotFound, Unauthenticated
 from appliance.hq.hub import Hub
@@ -70,7 +71,7 @@ async def _enrol(box: Box, node_id: str, store_id: str, role: str, public_key: b
         await box.db.awrite(lambda conn: replicas.enrol_peer(conn, node_id, store_id, role, public_key, url))
 
 
-@post("/api/replication/hello", opt={"node": True}, status_code=200)
+@post("/api/replication/hello", opt={"node": True}, status_code=200, request_max_body_size=SMALL_BODY)
 async def hello(request: Request[Any, Any, State], box: Box, hub: Hub | None) -> Response[bytes]:
     """Enrol a node that proves it belongs to this store (or, at HQ, to a store HQ serves)."""
     body = await request.body()
@@ -202,7 +203,9 @@ async def _in_order(target: Box, apply: Callable[[sqlite3.Connection], dict[str,
             await asyncio.sleep(0.002)
 
 
-@post("/api/replication/locks", opt={"node": True}, status_code=200)
+# A forwarded lock operation carries what a person sent another box (at most SMALL_BODY) and the
+# forwarding box's envelope around it.
+@post("/api/replication/locks", opt={"node": True}, status_code=200, request_max_body_size=4 * SMALL_BODY)
 async def forwarded_lock(request: Request[Any, Any, State], box: Box, hub: Hub | None) -> Response[bytes]:
     """A claim, rack move, session lock or lease renewal another box of the store forwards for one of
     its people; answered with the result or the refusal a person at this box would get."""

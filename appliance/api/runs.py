@@ -10,7 +10,7 @@ from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody, Parameter
 
-from appliance.api.deps import user_id_for
+from appliance.api.deps import LIST_BODY, SMALL_BODY, one_of, user_id_for
 from appliance.auth.people import User
 from appliance.box import Box
 from appliance.counting import activity, conflicts, rollups, runs, sessions, variance
@@ -18,7 +18,7 @@ from appliance.counting import activity, conflicts, rollups, runs, sessions, var
 
 class NewRun(msgspec.Struct, forbid_unknown_fields=True):
     name: str
-    kind: str = "directed"
+    kind: Annotated[str, one_of(runs.RUN_KINDS)] = "directed"
     notes: str = ""
     planned_start: str | None = None
 
@@ -53,13 +53,13 @@ class Recount(msgspec.Struct, forbid_unknown_fields=True):
 
 class Decision(msgspec.Struct, forbid_unknown_fields=True):
     sku: str
-    decision: str
-    reason_code: str
+    decision: Annotated[str, one_of(variance.DECISIONS)]
+    reason_code: Annotated[str, one_of(variance.REASON_CODES)]
     note: str = ""
 
 
 class Tolerance(msgspec.Struct, forbid_unknown_fields=True):
-    scope: str
+    scope: Annotated[str, one_of(variance.SCOPES)]
     units: int
     pct_bp: int
     code: str = ""
@@ -80,7 +80,13 @@ def list_runs(box: Box) -> list[dict[str, Any]]:
     return runs.list_runs(box.db.read())
 
 
-@post("/api/runs", opt={"permission": "runs.manage"}, sync_to_thread=True, status_code=201)
+@post(
+    "/api/runs",
+    opt={"permission": "runs.manage"},
+    sync_to_thread=True,
+    status_code=201,
+    request_max_body_size=SMALL_BODY,
+)
 def create_run(data: JSONBody[NewRun], box: Box, user: User) -> dict[str, Any]:
     run_id = box.db.write(
         lambda conn: runs.create_run(
@@ -95,7 +101,9 @@ def get_run(box: Box, run_id: str) -> dict[str, Any]:
     return run_view(box, run_id)
 
 
-@patch("/api/runs/{run_id:str}", opt={"permission": "runs.manage"}, sync_to_thread=True)
+@patch(
+    "/api/runs/{run_id:str}", opt={"permission": "runs.manage"}, sync_to_thread=True, request_max_body_size=SMALL_BODY
+)
 def edit_run(run_id: str, data: JSONBody[RunEdit], box: Box, user: User) -> dict[str, Any]:
     box.db.write(
         lambda conn: runs.edit_run(
@@ -105,7 +113,13 @@ def edit_run(run_id: str, data: JSONBody[RunEdit], box: Box, user: User) -> dict
     return run_view(box, run_id)
 
 
-@post("/api/runs/{run_id:str}/scope", opt={"permission": "runs.manage"}, sync_to_thread=True, status_code=200)
+@post(
+    "/api/runs/{run_id:str}/scope",
+    opt={"permission": "runs.manage"},
+    sync_to_thread=True,
+    status_code=200,
+    request_max_body_size=LIST_BODY,
+)
 def add_scope(run_id: str, data: JSONBody[Scope], box: Box, user: User) -> dict[str, Any]:
     return box.db.write(lambda conn: runs.add_scope(conn, box.log, user, run_id, skus=data.skus, rack_codes=data.racks))
 
@@ -123,7 +137,13 @@ def start_run(run_id: str, box: Box, user: User) -> dict[str, Any]:
     return run_view(box, run_id)
 
 
-@post("/api/runs/{run_id:str}/complete", opt={"permission": "runs.manage"}, sync_to_thread=True, status_code=200)
+@post(
+    "/api/runs/{run_id:str}/complete",
+    opt={"permission": "runs.manage"},
+    sync_to_thread=True,
+    status_code=200,
+    request_max_body_size=SMALL_BODY,
+)
 def complete_run(run_id: str, box: Box, user: User, data: JSONBody[Transition | None] = None) -> dict[str, Any]:
     body = data or Transition()
     box.db.write(lambda conn: runs.complete_run(conn, box.log, user, run_id, force=body.force, reason=body.reason))
@@ -136,13 +156,25 @@ def close_run(run_id: str, box: Box, user: User) -> dict[str, Any]:
     return run_view(box, run_id)
 
 
-@post("/api/runs/{run_id:str}/cancel", opt={"permission": "runs.manage"}, sync_to_thread=True, status_code=200)
+@post(
+    "/api/runs/{run_id:str}/cancel",
+    opt={"permission": "runs.manage"},
+    sync_to_thread=True,
+    status_code=200,
+    request_max_body_size=SMALL_BODY,
+)
 def cancel_run(run_id: str, data: JSONBody[Transition], box: Box, user: User) -> dict[str, Any]:
     box.db.write(lambda conn: runs.cancel_run(conn, box.log, user, run_id, reason=data.reason))
     return run_view(box, run_id)
 
 
-@post("/api/runs/{run_id:str}/sessions", opt={"permission": "sessions.manage"}, sync_to_thread=True, status_code=201)
+@post(
+    "/api/runs/{run_id:str}/sessions",
+    opt={"permission": "sessions.manage"},
+    sync_to_thread=True,
+    status_code=201,
+    request_max_body_size=LIST_BODY,
+)
 def create_session(run_id: str, data: JSONBody[NewSession], box: Box, user: User) -> dict[str, Any]:
     def job(conn: Any) -> str:
         verifier_id = user_id_for(conn, data.verifier) if data.verifier else None
@@ -183,7 +215,13 @@ def variance_lines(box: Box, run_id: str, out_of_tolerance: bool = False) -> lis
     return [line for line in lines if not line["within_tolerance"]] if out_of_tolerance else lines
 
 
-@post("/api/runs/{run_id:str}/recounts", opt={"permission": "runs.manage"}, sync_to_thread=True, status_code=201)
+@post(
+    "/api/runs/{run_id:str}/recounts",
+    opt={"permission": "runs.manage"},
+    sync_to_thread=True,
+    status_code=201,
+    request_max_body_size=LIST_BODY,
+)
 def order_recount(run_id: str, data: JSONBody[Recount], box: Box, user: User) -> dict[str, Any]:
     def job(conn: Any) -> str:
         return variance.order_recount(
@@ -201,7 +239,13 @@ def order_recount(run_id: str, data: JSONBody[Recount], box: Box, user: User) ->
     return sessions.session_dict(conn, sessions.get_session(conn, session_id))
 
 
-@post("/api/runs/{run_id:str}/decisions", opt={"permission": "runs.manage"}, sync_to_thread=True, status_code=201)
+@post(
+    "/api/runs/{run_id:str}/decisions",
+    opt={"permission": "runs.manage"},
+    sync_to_thread=True,
+    status_code=201,
+    request_max_body_size=SMALL_BODY,
+)
 def decide(run_id: str, data: JSONBody[Decision], box: Box, user: User) -> dict[str, Any]:
     return box.db.write(
         lambda conn: variance.decide(
@@ -223,7 +267,7 @@ def list_tolerances(box: Box) -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
-@put("/api/tolerances", opt={"permission": "tolerances.write"}, sync_to_thread=True)
+@put("/api/tolerances", opt={"permission": "tolerances.write"}, sync_to_thread=True, request_max_body_size=SMALL_BODY)
 def set_tolerance(data: JSONBody[Tolerance], box: Box, user: User) -> dict[str, Any]:
     return box.db.write(
         lambda conn: variance.set_tolerance(

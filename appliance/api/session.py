@@ -10,7 +10,7 @@ from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 
-from appliance.api.deps import bearer_token
+from appliance.api.deps import SMALL_BODY, bearer_token
 from appliance.auth.people import LoginThrottle, Passwords, User, find_login, issue_token, revoke_token
 from appliance.auth.permissions import PERMISSIONS, allowed
 from appliance.box import Box
@@ -22,7 +22,13 @@ class LoginForm(msgspec.Struct, forbid_unknown_fields=True):
     password: str
 
 
-@post("/api/auth/login", opt={"public": True}, sync_to_thread=True, status_code=200)
+@post(
+    "/api/auth/login",
+    opt={"public": True},
+    sync_to_thread=True,
+    status_code=200,
+    request_max_body_size=SMALL_BODY,
+)
 def login(
     data: JSONBody[LoginForm],
     box: Box,

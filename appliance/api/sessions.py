@@ -12,7 +12,6 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, delete, get, post, put
 from litestar.datastructures import State
-from litestar.exceptions import SerializationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 
@@ -21,7 +20,7 @@ from appliance.auth.people import User
 from appliance.auth.permissions import allowed
 from appliance.box import Box
 from appliance.counting import codes, items, photos, rollups, sessions
-from appliance.errors import BadRequest, Forbidden, NotFound
+from appliance.errors import Forbidden, NotFound
 
 
 class Assign(msgspec.Struct, forbid_unknown_fields=True):
@@ -53,18 +52,6 @@ class ItemEdit(msgspec.Struct, forbid_unknown_fields=True):
 
 class Serial(msgspec.Struct, forbid_unknown_fields=True):
     serial: str
-
-
-async def parse_json_first(request: Request[Any, Any, State]) -> None:
-    """Parse the JSON body before Litestar does, so that one nested deeper than the decoder follows is
-    refused as VALIDATION rather than escaping as an internal error. The parsed body is cached on the
-    request and used as it is; a body that is not JSON is left to Litestar's own answer."""
-    try:
-        await request.json()
-    except RecursionError:
-        raise BadRequest("the body is nested too deep", code="VALIDATION") from None
-    except SerializationException:
-        pass
 
 
 def _visible(box: Box, user: User, session_id: str) -> Any:
@@ -102,7 +89,6 @@ def get_session(box: Box, user: User, session_id: str) -> dict[str, Any]:
     opt={"permission": "sessions.manage"},
     sync_to_thread=True,
     status_code=200,
-    before_request=parse_json_first,
 )
 def assign(session_id: str, data: JSONBody[Assign], box: Box, user: User) -> dict[str, Any]:
     box.db.write(
@@ -145,7 +131,6 @@ def approve(session_id: str, box: Box, user: User) -> dict[str, Any]:
     opt={"permission": "sessions.manage"},
     sync_to_thread=True,
     status_code=200,
-    before_request=parse_json_first,
 )
 def send_back(session_id: str, data: JSONBody[Reason], box: Box, user: User) -> dict[str, Any]:
     box.db.write(lambda conn: sessions.send_back_session(conn, box.log, user, session_id, reason=data.reason))
@@ -157,7 +142,6 @@ def send_back(session_id: str, data: JSONBody[Reason], box: Box, user: User) -> 
     opt={"permission": "sessions.manage"},
     sync_to_thread=True,
     status_code=200,
-    before_request=parse_json_first,
 )
 def void(session_id: str, data: JSONBody[Reason], box: Box, user: User) -> dict[str, Any]:
     box.db.write(lambda conn: sessions.void_session(conn, box.log, user, session_id, reason=data.reason))
@@ -169,7 +153,6 @@ def void(session_id: str, data: JSONBody[Reason], box: Box, user: User) -> dict[
     opt={"permission": "sessions.count"},
     sync_to_thread=True,
     status_code=201,
-    before_request=parse_json_first,
 )
 def scan(session_id: str, data: JSONBody[Scan], box: Box, user: User) -> dict[str, Any]:
     """The scan path: one event, one commit, and a small answer (the item's new quantity)."""
@@ -211,7 +194,6 @@ def undo(session_id: str, event_id: str, box: Box, user: User) -> dict[str, Any]
     "/api/sessions/{session_id:str}/items/{product_id:str}",
     opt={"permission": "sessions.count"},
     sync_to_thread=True,
-    before_request=parse_json_first,
 )
 def edit_item(session_id: str, product_id: str, data: JSONBody[ItemEdit], box: Box, user: User) -> dict[str, Any]:
     def job(conn: Any) -> None:
@@ -238,7 +220,6 @@ def _item(box: Box, session_id: str, product_id: str) -> dict[str, Any]:
     opt={"permission": "sessions.count"},
     sync_to_thread=True,
     status_code=201,
-    before_request=parse_json_first,
 )
 def add_serial(session_id: str, product_id: str, data: JSONBody[Serial], box: Box, user: User) -> dict[str, Any]:
     box.db.write(lambda conn: items.add_serial(conn, box.log, user, session_id, product_id, data.serial))

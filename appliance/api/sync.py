@@ -10,7 +10,6 @@ from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 
-from appliance.api.sessions import parse_json_first
 from appliance.auth import devices
 from appliance.auth.devices import Device
 from appliance.box import Box
@@ -69,7 +68,6 @@ def _device_sessions(box: Box, device: Device) -> list[dict[str, Any]]:
     opt={"device": True},
     sync_to_thread=True,
     status_code=200,
-    before_request=parse_json_first,
     request_max_body_size=HEARTBEAT_MAX_BYTES,
 )
 def heartbeat(

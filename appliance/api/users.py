@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 
+from appliance.api.deps import SMALL_BODY, one_of
 from appliance.auth import people
 from appliance.auth.people import Passwords
+from appliance.auth.permissions import ROLES
 from appliance.box import Box
 from appliance.counting.sessions import COUNTING_ROLES
 
 
 class NewUser(msgspec.Struct, forbid_unknown_fields=True):
     username: str
-    role: str
+    role: Annotated[str, one_of(ROLES)]
     password: str
     display_name: str = ""
 
@@ -38,7 +40,13 @@ def counters(box: Box) -> list[dict[str, Any]]:
     ]
 
 
-@post("/api/users", opt={"permission": "users.write"}, sync_to_thread=True, status_code=201)
+@post(
+    "/api/users",
+    opt={"permission": "users.write"},
+    sync_to_thread=True,
+    status_code=201,
+    request_max_body_size=SMALL_BODY,
+)
 def add_user(data: JSONBody[NewUser], box: Box, passwords: Passwords) -> dict[str, Any]:
     username = people.check_new_user(data.username, data.role, data.password)
     password_hash = passwords.hash(data.password)

@@ -42,9 +42,10 @@ _SERIALS = """
 """
 _DAMAGE = """
     WITH d AS (
-        SELECT session_id, product_id, sum(p - n) AS damage FROM counted_damage GROUP BY session_id, product_id
+        SELECT session_id, product_id, CAST(total(p - n) AS INTEGER) AS damage
+        FROM counted_damage GROUP BY session_id, product_id
     ), q AS (
-        SELECT c.session_id, s.product_id, sum(c.p - c.n) AS qty
+        SELECT c.session_id, s.product_id, CAST(total(c.p - c.n) AS INTEGER) AS qty
         FROM counted_scans c JOIN scan_codes s ON s.code = c.code
         WHERE s.product_id IS NOT NULL GROUP BY c.session_id, s.product_id
     )
@@ -61,7 +62,7 @@ _MFG = """
 """
 _LATE_LEASE = """
     SELECT se.run_id, ls.session_id, ls.rack_id, r.code AS rack, ls.writer_id, ls.token, rs.token AS current_token,
-           sum(ls.qty) AS qty, json_group_array(json_array(ls.code, ls.qty)) AS codes
+           CAST(total(ls.qty) AS INTEGER) AS qty, json_group_array(json_array(ls.code, ls.qty)) AS codes
     FROM lease_scans ls
     JOIN sessions se ON se.session_id = ls.session_id
     JOIN rack_states rs ON rs.run_id = se.run_id AND rs.rack_id = ls.rack_id

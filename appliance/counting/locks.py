@@ -430,7 +430,8 @@ def rack_board(conn: sqlite3.Connection, run_id: str, *, authority: bool = True)
     scope = {r[0] for r in conn.execute("SELECT rack_id FROM run_racks WHERE run_id = ?", (run_id,))}
     units = dict(
         conn.execute(
-            "SELECT c.rack_id, sum(c.p - c.n) FROM counted_scans c JOIN sessions s ON s.session_id = c.session_id"
+            "SELECT c.rack_id, CAST(total(c.p - c.n) AS INTEGER)"
+            " FROM counted_scans c JOIN sessions s ON s.session_id = c.session_id"
             " WHERE s.run_id = ? AND s.status != 'VOID' AND c.rack_id != '' GROUP BY c.rack_id",
             (run_id,),
         ).fetchall()

@@ -268,7 +268,16 @@ def apply_page(
         have = head["head_seq"] if head is not None else 0
         fresh = run if run[0].seq > have else [e for e in run if e.seq > have]
         if fresh:
-            event_log.append_run(conn, fresh)
+            try:
+                event_log.append_run(conn, fresh)
+            except sqlite3.IntegrityError as exc:
+                if "event_id" not in str(exc):
+                    raise
+                # Another writer's event here holds the id: no page is applied in part.
+                raise Conflict(
+                    f"an event of writer {fresh[0].writer_id} reuses an event_id this store already holds",
+                    code="EVENT_ID_REUSED",
+                ) from None
             applied += len(fresh)
             newest = max(newest, max(map(_HLC, fresh)))
     if newest:

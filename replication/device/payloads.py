@@ -21,7 +21,9 @@ from replication.wire.codec import CodecError, canonical
 
 MAX_CODE = 64
 MAX_SERIAL = 64
-MAX_QTY = 100_000
+MAX_QTY = 100_000  # every quantity an event carries, so that no sum the box keeps can overflow
+MAX_ID = 64
+MAX_TOKEN = 2**63 - 1
 CONDITIONS = ("good", "damaged", "expired", "opened", "repackaged", "other")
 ITEM_STATUSES = ("partial", "finalized", "re-verify")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -41,20 +43,28 @@ def _str(name: str, value: Any) -> None:
         raise PayloadError(f"{name} must be a string")
 
 
-def _opt_str(name: str, value: Any) -> None:
-    if value is not None:
-        _str(name, value)
-
-
 def _int(name: str, value: Any) -> None:
     # bool is an int in Python but a different msgpack type on the wire.
     if isinstance(value, bool) or not isinstance(value, int):
         raise PayloadError(f"{name} must be a whole number")
 
 
-def _opt_int(name: str, value: Any) -> None:
+def _token(name: str, value: Any) -> None:
     if value is not None:
         _int(name, value)
+        if not 0 <= value <= MAX_TOKEN:
+            raise PayloadError(f"{name} must be from 0 to 2^63 - 1")
+
+
+def _id(name: str, value: Any) -> None:
+    _str(name, value)
+    if len(value) > MAX_ID:
+        raise PayloadError(f"{name} must be at most {MAX_ID} characters")
+
+
+def _opt_id(name: str, value: Any) -> None:
+    if value is not None:
+        _id(name, value)
 
 
 def _sized(limit: int) -> Check:
@@ -72,21 +82,27 @@ def _qty(name: str, value: Any) -> None:
         raise PayloadError(f"{name} must be from 1 to {MAX_QTY}")
 
 
-def _non_zero(name: str, value: Any) -> None:
+def _delta(name: str, value: Any) -> None:
     _int(name, value)
+    if not -MAX_QTY <= value <= MAX_QTY:
+        raise PayloadError(f"{name} must be from -{MAX_QTY} to {MAX_QTY}; send a larger change as several")
+
+
+def _non_zero(name: str, value: Any) -> None:
+    _delta(name, value)
     if value == 0:
         raise PayloadError(f"{name} must not be 0")
 
 
 def _at_least_zero(name: str, value: Any) -> None:
     _int(name, value)
-    if value < 0:
-        raise PayloadError(f"{name} must be 0 or more")
+    if not 0 <= value <= MAX_QTY:
+        raise PayloadError(f"{name} must be from 0 to {MAX_QTY}")
 
 
-def _str_list(name: str, value: Any) -> None:
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise PayloadError(f"{name} must be a list of strings")
+def _id_list(name: str, value: Any) -> None:
+    if not isinstance(value, list) or not all(isinstance(item, str) and len(item) <= MAX_ID for item in value):
+        raise PayloadError(f"{name} must be a list of ids of at most {MAX_ID} characters")
 
 
 def _attrs(name: str, value: Any) -> None:
@@ -126,31 +142,31 @@ _ATTRIBUTES: dict[str, Check] = {
     "status": _one_of(ITEM_STATUSES),
 }
 
-_COMMON: dict[str, Check] = {"session_id": _str, "by": _str}
-_ADJUSTED: dict[str, Check] = {"product_id": _str, "delta": _int, "target": _at_least_zero}
+_COMMON: dict[str, Check] = {"session_id": _id, "by": _id}
+_ADJUSTED: dict[str, Check] = {"product_id": _id, "delta": _delta, "target": _at_least_zero}
 
 EVENT_TYPES: Mapping[str, Mapping[str, Check]] = {
     "scan.recorded": {
         **_COMMON,
         "code": _sized(MAX_CODE),
         "qty": _qty,
-        "rack_id": _str,
-        "product_id": _opt_str,
-        "token": _opt_int,
+        "rack_id": _id,
+        "product_id": _opt_id,
+        "token": _token,
     },
     "scan.undone": {
         **_COMMON,
-        "undoes": _str,
-        "of_writer": _str,
+        "undoes": _id,
+        "of_writer": _id,
         "code": _sized(MAX_CODE),
-        "rack_id": _str,
+        "rack_id": _id,
         "qty": _qty,
     },
     "count.adjusted": {**_COMMON, **_ADJUSTED, "delta": _non_zero},
     "damage.adjusted": {**_COMMON, **_ADJUSTED},
-    "item.attributes_set": {**_COMMON, "product_id": _str, "attrs": _attrs},
-    "serial.added": {**_COMMON, "product_id": _str, "serial": _sized(MAX_SERIAL)},
-    "serial.removed": {**_COMMON, "product_id": _str, "serial": _sized(MAX_SERIAL), "tags": _str_list},
+    "item.attributes_set": {**_COMMON, "product_id": _id, "attrs": _attrs},
+    "serial.added": {**_COMMON, "product_id": _id, "serial": _sized(MAX_SERIAL)},
+    "serial.removed": {**_COMMON, "product_id": _id, "serial": _sized(MAX_SERIAL), "tags": _id_list},
 }
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from appliance.box import Box, open_box
-from appliance.errors import BadRequest
+from appliance.errors import BadRequest, Conflict
 from appliance.replica import store as replicas
 from appliance.store.eventlog import enroll_writer, new_id, version_vector
 from replication.wire.codec import ZERO_HASH, Event
@@ -155,3 +155,28 @@ def test_a_node_enrolled_as_it_says_needs_no_write(box: Box) -> None:
     assert not replicas.enrolled(conn, "node-b", store, "box", key, "http://b:9090")  # moved
     assert not replicas.enrolled(conn, "node-b", store, "hq", key, "http://b:8080")
     assert not replicas.enrolled(conn, "node-b", store, "box", bytes(32), "http://b:8080")  # refused by the write
+
+
+def test_a_page_reusing_an_event_id_the_receiver_holds_is_refused_whole(box: Box, tmp_path: Path) -> None:
+    """Two writers' events may never share an id; the page is refused with a code, none of it applied."""
+    _log_with_interleaved_writers(box)
+    own = {box.node.node_id: version_vector(box.db.read())[box.node.node_id]}
+    page = _page(box, own, 100)
+    other = open_box(make_settings(tmp_path / "other", store_id=box.node.store_id))
+    try:
+        taken = page["events"][5][2]  # an id from the middle of the page, already held by "dev-x" there
+        payload = {"session_id": "S-9", "rack_id": "R-9", "code": "C-x", "qty": 1}
+        clash = Event("dev-x", 1, taken, "scan.recorded", payload, other.log.clock.now(), ZERO_HASH, 0)
+
+        def hold(conn: sqlite3.Connection) -> None:
+            enroll_writer(conn, "dev-x", "device", box.node.store_id, "dev-x", bytes(32))
+            other.log.append_run(conn, [clash])
+
+        other.db.write(hold)
+        before = other.db.read().execute("SELECT count(*) FROM events").fetchone()[0]
+        with pytest.raises(Conflict) as refused:
+            other.db.write(lambda conn: replicas.apply_page(conn, other.log, box.node.store_id, page, None))
+        assert refused.value.code == "EVENT_ID_REUSED"
+        assert other.db.read().execute("SELECT count(*) FROM events").fetchone()[0] == before
+    finally:
+        other.close()

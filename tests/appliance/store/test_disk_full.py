@@ -302,6 +302,7 @@ def test_a_full_disk_refuses_batches_with_507_says_so_and_recovers(full_disk_box
     assert isinstance(refused, transport.Retryable), refused  # the handheld keeps the batch and retries
     assert (refused.status, refused.code) == (507, "DISK_FULL")
     assert refused.details == {"retry_after_s": 5}
+    assert refused.retry_after == 5  # the Retry-After header the sender waits for
     assert "disk is full" in refused.message
     assert retryable_status(507, "DISK_FULL")
     again = _refused(lambda: _send(box, outbox, range(51, 101)))

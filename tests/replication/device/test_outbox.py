@@ -141,6 +141,20 @@ INVALID = [
     ),
     ("serial.added", {"session_id": "S", "by": "U", "product_id": "P", "serial": " "}, "serial must be 1-64"),
     ("serial.removed", {"session_id": "S", "by": "U", "product_id": "P", "serial": "S", "tags": "E1"}, "list"),
+    # The page's bounds (§5), which the box refuses with VALIDATION.
+    ("scan.recorded", scan(token=2**63), "token must be from 0"),
+    ("scan.recorded", scan(token=-1), "token must be from 0"),
+    ("scan.recorded", scan(session_id="S" * 65), "session_id must be at most 64"),
+    ("scan.recorded", scan(rack_id="R" * 65), "rack_id must be at most 64"),
+    ("count.adjusted", {"session_id": "S", "by": "U", "product_id": "P", "delta": 2**63 - 1, "target": 1}, "delta"),
+    ("damage.adjusted", {"session_id": "S", "by": "U", "product_id": "P", "delta": -100_001, "target": 0}, "delta"),
+    ("damage.adjusted", {"session_id": "S", "by": "U", "product_id": "P", "delta": 1, "target": 100_001}, "target"),
+    (
+        "item.attributes_set",
+        {"session_id": "S", "by": "U", "product_id": "P", "attrs": {"mrp_minor": 2**63}},
+        "mrp_minor must be from 0",
+    ),
+    ("serial.removed", {"session_id": "S", "by": "U", "product_id": "P", "serial": "S", "tags": ["E" * 65]}, "ids"),
 ]
 
 
