@@ -9,7 +9,7 @@ person, so the login token itself never travels in a URL (where proxies, history
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from litestar import Request, get, post
@@ -18,6 +18,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from appliance.auth.people import TICKET_TTL_S, StreamTickets, User
+from appliance.auth.permissions import allowed
 from appliance.box import Box
 from appliance.errors import ValidationFailed
 from appliance.store import live
@@ -31,8 +32,31 @@ async def ticket(user: User, tickets: StreamTickets) -> dict[str, Any]:
     }
 
 
+def _readable(box: Box, user: User) -> Callable[[dict[str, Any]], bool] | None:
+    """What of the stream this person may read: everything for those who may read every session, and
+    for a verifier the scans of their own sessions only, as ``GET /api/sessions/{id}`` allows. An
+    owner is looked up once per session and again when it is reassigned."""
+    if allowed("sessions.manage", user.role) or user.role == "auditor":
+        return None
+    conn = box.db.read()
+    owners: dict[str, str | None] = {}
+
+    def readable(message: dict[str, Any]) -> bool:
+        if message["kind"] == "session" and message.get("type") == "session.assigned":
+            owners.pop(message["session_id"], None)
+        if message["kind"] != "scan":
+            return True
+        session_id = message["session_id"]
+        if session_id not in owners:
+            row = conn.execute("SELECT verifier_id FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+            owners[session_id] = row[0] if row else None
+        return owners[session_id] == user.user_id
+
+    return readable
+
+
 @get("/api/events", opt={"permission": "live.read", "token_in_query": True})
-async def events(request: Request[Any, Any, State], box: Box) -> ServerSentEvent:
+async def events(request: Request[Any, Any, State], box: Box, user: User) -> ServerSentEvent:
     """Resumable: a client that sends ``Last-Event-ID`` (or ``?last_event_id=``) gets what it missed
     from the log first. A message of kind ``resync`` means the client fell behind and should reload."""
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
@@ -41,8 +65,12 @@ async def events(request: Request[Any, Any, State], box: Box) -> ServerSentEvent
     except ValueError:
         raise ValidationFailed("Last-Event-ID must be a number", details={"field": "Last-Event-ID"}) from None
 
+    readable = _readable(box, user)
+
     async def messages() -> AsyncIterator[ServerSentEventMessage]:
         async for pos, message in live.stream(box.bus, box.db.read(), last_id):
+            if readable is not None and not readable(message):
+                continue
             if message["kind"] == "ping":
                 yield ServerSentEventMessage(comment="ping")
             else:

@@ -169,3 +169,49 @@ def test_the_pairing_qr_code_encodes_the_pairing_uri(count: CountScenario) -> No
     assert qr.content.startswith(b"<svg") and b'xmlns="http://www.w3.org/2000/svg"' in qr.content
     with count.client("auditor") as auditor:
         assert auditor.get("/api/devices/pairing-qr", params={"code": made["code"]}).status_code == 403
+
+
+def _read_until_resumed(stream: httpx.Response, rack: str) -> list[dict[str, object]]:
+    seen: list[dict[str, object]] = []
+    for line in stream.iter_lines():
+        if line.startswith("data:"):
+            seen.append(json.loads(line[5:]))
+            if seen[-1].get("type") == "rack.resumed" and seen[-1].get("rack") == rack:
+                return seen
+    return seen
+
+
+def test_a_verifiers_stream_carries_the_scans_of_their_own_sessions_only(count: CountScenario) -> None:
+    """A verifier may not read another's session (``GET`` answers SESSION_NOT_YOURS); the live stream
+    must not tell them its scans either. Their own scans, and the floor's rack moves, they do hear."""
+    with count.client("meera") as meera, count.client("verifier") as vani, count.client("supervisor") as boss:
+        tickets = {
+            who: c.post("/api/events/ticket").json()["ticket"]
+            for who, c in (("meera", meera), ("vani", vani), ("boss", boss))
+        }
+    url = count.server.url + "/api/events"
+    with (
+        httpx.stream("GET", url, params={"ticket": tickets["meera"]}, timeout=10) as other,
+        httpx.stream("GET", url, params={"ticket": tickets["vani"]}, timeout=10) as own,
+        httpx.stream("GET", url, params={"ticket": tickets["boss"]}, timeout=10) as supervising,
+    ):
+        with count.client("verifier") as vani:
+            session = count.sessions["verifier"]
+            product = vani.get("/api/products", params={"limit": 1}).json()["items"][0]["sku"]
+            scanned = vani.post(f"/api/sessions/{session}/scans", json={"code": product, "qty": 7, "rack": "G-09"})
+            assert scanned.status_code == 201, scanned.text
+            for move in ("pause", "resume"):  # a move every stream hears marks where to stop reading
+                assert vani.post(f"/api/runs/{count.run_id}/racks/G-09/{move}").status_code == 200
+        heard = {
+            who: _read_until_resumed(stream, "G-09")
+            for who, stream in (("meera", other), ("vani", own), ("boss", supervising))
+        }
+
+    def scans(who: str) -> list[dict[str, object]]:
+        return [
+            m for m in heard[who] if m.get("kind") == "scan" and m.get("session_id") == session and m.get("qty") == 7
+        ]
+
+    assert len(scans("vani")) == 1 and len(scans("boss")) == 1
+    assert scans("meera") == []
+    assert heard["meera"][-1]["type"] == "rack.resumed"  # meera's stream was live all along
