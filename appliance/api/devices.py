@@ -56,7 +56,7 @@ def pairing_code(box: Box, user: User, request: Request[Any, Any, State]) -> dic
     return {**made, "qr": _pairing_uri(box, request, made["code"])}
 
 
-@get("/api/devices/pairing-qr", opt={"permission": "devices.manage"}, sync_to_thread=True)
+@get("/api/devices/pairing-qr", opt={"permission": "devices.manage"}, sync_to_thread=True, media_type="image/svg+xml")
 def pairing_qr(box: Box, request: Request[Any, Any, State], code: str) -> Response[bytes]:
     """The pairing URI of ``code`` as an SVG QR code, drawn on the box: the store has no internet to
     fetch a QR library from, and a handheld's camera reads it off the supervisor's screen."""

@@ -4,13 +4,15 @@ Litestar documents every 400 as its own ``{status_code, detail, extra}``, which 
 and nothing else a route refuses with; and it leaves a Struct that forbids unknown fields open to
 them. A client generated from such a document would expect bodies the box never sends and send ones it
 refuses, so the document is corrected from what each route declares (its access, path, method and the
-services it asks for), at no cost per request.
+services it asks for), at no cost per request. For the same reason it is told what the types alone do
+not say: the rules the domain checks on a field (a reason that must say something, a tolerance's
+bounds), the msgpack bodies the node and handheld routes read themselves, and who may call a route.
 """
 
 from __future__ import annotations
 
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import msgspec
@@ -23,13 +25,146 @@ from litestar.openapi.spec import (
     OpenAPIType,
     Operation,
     Reference,
+    RequestBody,
     Schema,
+    SecurityScheme,
 )
 from litestar.routes import HTTPRoute
 
+from appliance.auth.people import MIN_PASSWORD
 from appliance.auth.permissions import PUBLIC_PREFIXES
+from appliance.catalog.layout import MAX_CODE
+from appliance.replica import lock_forwarding
 
 ERROR_BODY = "ErrorBody"
+
+# A value the box strips and refuses when nothing is left (a reason, a name): Python's ``\S`` and
+# ``str.strip`` agree on what whitespace is, so the pattern allows exactly what the domain accepts.
+_SAID = {"pattern": r"\S"}
+# A code made of letters and digits of any script and a few marks, surrounding whitespace stripped
+# (``layout._code``). Said in words: a pattern is ECMA regex, where ``\w`` is ASCII only.
+_CODE = {"description": f"1-{MAX_CODE} letters or digits (any script), '-', '_' or '.'; stored upper-case"}
+
+# Rules the domain checks past what a body's types say, by component and field, so that a client
+# following the document sends nothing the box refuses for its shape. The domain stays the judge
+# (its codes, such as REASON_REQUIRED, are what clients switch on); the document only tells them.
+_FIELD_RULES: dict[str, dict[str, dict[str, Any]]] = {
+    "NewUser": {  # auth.people.check_new_user
+        "username": {"description": "1-64 letters or digits (any script), '-', '_', '.' or '@'"},
+        "password": {"min_length": MIN_PASSWORD},
+    },
+    "NewFloor": {"code": _CODE, "position": {"minimum": 0}},
+    "NewRack": {"code": _CODE},
+    "NewRun": {"name": _SAID},
+    "PlannedRun": {"name": _SAID},
+    "RunEdit": {"name": _SAID},
+    "Tolerance": {  # the bounds counting.variance checks
+        "units": {"minimum": 0, "maximum": 1_000_000},
+        "pct_bp": {"minimum": 0, "maximum": 10_000},
+    },
+    "sessions_Reason": {"reason": _SAID},
+    "locks_Reason": {"reason": _SAID},
+    "Revoke": {"reason": _SAID},
+    "QuarantineDecision": {"reason": _SAID},
+    # auth.devices.pair: a label of 1-64 characters once stripped; the key as bytes.fromhex reads it
+    # (ASCII whitespace allowed between byte pairs).
+    "PairRequest": {
+        "name": {"pattern": r"^\s*\S(?:[\s\S]{0,62}\S)?\s*$"},
+        "public_key": {"pattern": r"^[ \t\n\r\x0b\x0c]*(?:[0-9a-fA-F]{2}[ \t\n\r\x0b\x0c]*){32}$"},
+    },
+}
+
+# Rules that hold for one operation's use of a shared body: a reason one transition needs and
+# another does not, or one that only some actions need.
+_BODY_RULES: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
+    ("POST", "/api/runs/{run_id}/cancel"): ("Transition", {"required": ["reason"], "properties": {"reason": _SAID}}),
+    ("POST", "/api/runs/{run_id}/complete"): (
+        "Transition",
+        {
+            "anyOf": [
+                {"properties": {"force": {"enum": [False]}}},
+                {"required": ["reason"], "properties": {"reason": _SAID}},
+            ]
+        },
+    ),
+    ("POST", "/api/conflicts/{conflict_id}/resolve"): (
+        "Resolution",
+        {
+            "anyOf": [
+                {"properties": {"action": {"enum": ["accept", "edit"]}}},
+                {"required": ["reason"], "properties": {"reason": _SAID}},
+            ]
+        },
+    ),
+}
+
+_INT64 = (-(2**63), 2**63 - 1)
+_MSGPACK = "application/msgpack"
+_PAGE = "application/vnd.stockverify.page+msgpack"  # replication.wire.protocol.MEDIA_TYPE: deflated msgpack
+_BINARY = {"type": "string", "format": "binary"}
+_TEXT = {"type": "string"}
+_LOCK_OPERATION = {  # replica.lock_forwarding.LockOp, as msgspec decodes it
+    "type": "object",
+    "required": ["op"],
+    "additionalProperties": False,
+    "properties": {
+        "op": {"type": "string", "enum": [*lock_forwarding.PERMISSION, "renew"]},
+        **dict.fromkeys(("user_id", "run_id", "rack", "action", "session_id", "reason"), _TEXT),
+        "device_id": {"oneOf": [_TEXT, {"type": "null"}]},
+        "force": {"type": "boolean"},
+    },
+}
+
+# Routes that read their body themselves, in a format Litestar cannot see (msgpack, or a handheld's
+# batch in either msgpack or JSON): the request and the 200 answer by media type. The node routes'
+# bodies are signed over their exact bytes, so they are read raw; what a map carries is what
+# ``api.replication`` reads from it.
+_WIRE_BODIES: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {
+    ("POST", "/api/sync/batch"): (
+        {_MSGPACK: _BINARY, "application/json": {"type": "object"}},  # counting.ingest.decode_batch
+        {_MSGPACK: _BINARY, "application/json": {"type": "object"}},
+    ),
+    ("POST", "/api/replication/hello"): (
+        {
+            _MSGPACK: {
+                "type": "object",
+                "required": ["node_id", "store_id", "role", "public_key", "proof"],
+                "properties": {
+                    **dict.fromkeys(("node_id", "store_id", "role"), _TEXT),
+                    "url": {"oneOf": [_TEXT, {"type": "null"}]},
+                    "public_key": _BINARY,
+                    "proof": _BINARY,
+                },
+            }
+        },
+        {_MSGPACK: _BINARY},
+    ),
+    ("POST", "/api/replication/pull"): (
+        {
+            _MSGPACK: {
+                "type": "object",
+                "properties": {
+                    "vector": {
+                        "oneOf": [
+                            {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
+                            {"type": "null"},
+                        ]
+                    },
+                    "limit": {"oneOf": [{"type": "integer"}, {"type": "null"}]},
+                },
+            }
+        },
+        {_PAGE: _BINARY},
+    ),
+    ("POST", "/api/replication/push"): ({_PAGE: _BINARY}, {_MSGPACK: _BINARY}),
+    ("POST", "/api/replication/locks"): ({_MSGPACK: _LOCK_OPERATION}, {_MSGPACK: _BINARY}),
+}
+
+# Query and path values the route itself checks, by operation and parameter name.
+_PARAMETER_RULES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
+    # Six ASCII digits, with at most two other characters (the "123-456" the box shows, a space).
+    ("GET", "/api/devices/pairing-qr"): {"code": {"pattern": r"^[^0-9]*(?:[0-9][^0-9]*){6}$", "max_length": 8}},
+}
 
 # What each refusal status means here, for the document; the body is always an ErrorBody.
 _REFUSALS = {
@@ -92,6 +227,81 @@ def _references(schema: Any) -> Iterator[str]:
             yield from _references(part)
 
 
+# JSON Schema's spelling of the keywords whose Schema field is named otherwise.
+_FIELD_NAMES = {
+    "anyOf": "any_of",
+    "oneOf": "one_of",
+    "additionalProperties": "additional_properties",
+    "minLength": "min_length",
+    "maxLength": "max_length",
+}
+
+
+def _schema(rule: dict[str, Any]) -> Schema:
+    """A rule above, in JSON Schema's spelling, as the Schema the document is made of."""
+    fields: dict[str, Any] = {}
+    for keyword, value in rule.items():
+        if keyword == "properties":
+            value = {name: _schema(sub) for name, sub in value.items()}
+        elif keyword in ("anyOf", "oneOf"):
+            value = [_schema(sub) for sub in value]
+        elif keyword in ("additionalProperties", "items") and isinstance(value, dict):
+            value = _schema(value)
+        elif keyword == "type":
+            value = OpenAPIType(value)
+        fields[_FIELD_NAMES.get(keyword, keyword)] = value
+    return Schema(**fields)
+
+
+def _narrowed(schema: Any, component: str, rule: Schema) -> Any:
+    """``schema`` with each reference to ``component`` also held to ``rule``."""
+    if isinstance(schema, Reference) and schema.ref.rsplit("/", 1)[-1] == component:
+        return Schema(all_of=[schema, rule])
+    if isinstance(schema, Schema) and schema.one_of:
+        schema.one_of = [_narrowed(part, component, rule) for part in schema.one_of]
+    return schema
+
+
+def _apply_rules(schemas: Mapping[str, Schema | Reference], operations: dict[tuple[str, str], Operation]) -> None:
+    for component, fields in _FIELD_RULES.items():
+        target = schemas[component]
+        assert isinstance(target, Schema) and target.properties is not None, component
+        for name, rule in fields.items():
+            field = target.properties[name]
+            assert isinstance(field, Schema), (component, name)
+            for keyword, value in rule.items():
+                setattr(field, keyword, value)
+    for key, (component, rule) in _BODY_RULES.items():
+        body = operations[key].request_body
+        assert body is not None and not isinstance(body, Reference) and body.content, key
+        for media in body.content.values():
+            media.schema = _narrowed(media.schema, component, _schema(rule))
+    for key, (requests, answers) in _WIRE_BODIES.items():
+        operation = operations[key]
+        operation.request_body = RequestBody(
+            content={media: OpenAPIMediaType(schema=_schema(schema)) for media, schema in requests.items()},
+            required=True,
+        )
+        ok = operation.responses["200"] if operation.responses else None
+        assert isinstance(ok, OpenAPIResponse), key
+        ok.content = {media: OpenAPIMediaType(schema=_schema(schema)) for media, schema in answers.items()}
+    for operation in operations.values():
+        for parameter in operation.parameters or ():
+            schema = None if isinstance(parameter, Reference) else parameter.schema
+            if isinstance(schema, Schema) and schema.type == OpenAPIType.INTEGER:
+                # Query and path integers are read as 64-bit signed; a larger one is a 400. Litestar
+                # writes a route's bounds as floats, and 2**63 - 1 as a float is 2**63: made exact.
+                low, high = schema.minimum, schema.maximum
+                schema.minimum = _INT64[0] if low is None else max(int(low), _INT64[0])
+                schema.maximum = _INT64[1] if high is None else min(int(high), _INT64[1])
+    for key, parameters in _PARAMETER_RULES.items():
+        for parameter in operations[key].parameters or ():
+            if not isinstance(parameter, Reference) and parameter.name in parameters:
+                assert isinstance(parameter.schema, Schema), (key, parameter.name)
+                for keyword, value in parameters[parameter.name].items():
+                    setattr(parameter.schema, keyword, value)
+
+
 def _operations(app: Litestar) -> Iterator[tuple[HTTPRoute, HTTPRouteHandler, str, Operation]]:
     paths = app.openapi_schema.paths or {}
     for route in app.routes:
@@ -124,10 +334,25 @@ def document(app: Litestar) -> OpenAPI:
         required=["code", "details", "message"],
         description="Every refusal the box sends",
     )
+    # Who may call what: a person's token, or a paired handheld's credential on the device routes.
+    # Node routes carry a signature over the body instead, which no security scheme describes.
+    components.security_schemes = {
+        "person": SecurityScheme(type="http", scheme="bearer", description="a token from POST /api/auth/login"),
+        "device": SecurityScheme(
+            type="apiKey",
+            name="Authorization",
+            security_scheme_in="header",
+            description="'Device <token>', the credential POST /api/devices/pair returned",
+        ),
+    }
     error = {"application/json": OpenAPIMediaType(schema=Reference(ref=f"#/components/schemas/{ERROR_BODY}"))}
     closed: set[str] = set()
     injected = frozenset(app.dependencies) | _CONNECTION_KWARGS
     for route, handler, method, operation in _operations(app):
+        if handler.opt.get("device"):
+            operation.security = [{"device": []}]
+        elif not (handler.opt.get("public") or handler.opt.get("node") or route.path.startswith(PUBLIC_PREFIXES)):
+            operation.security = [{"person": []}]
         responses = dict(operation.responses or {})
         for status in _refusals(route, handler, method, injected):
             responses[str(status)] = OpenAPIResponse(description=_REFUSALS[status], content=error)
@@ -142,4 +367,5 @@ def document(app: Litestar) -> OpenAPI:
         schema = schemas.get(name)
         if isinstance(schema, Schema):
             schema.additional_properties = False
+    _apply_rules(schemas, {(method, route.path_format): op for route, _, method, op in _operations(app)})
     return openapi

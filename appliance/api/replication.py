@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
@@ -41,6 +42,22 @@ def _unpack(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadRequest("body must be a msgpack map", code="BAD_PAGE")
     return data
+
+
+class Hello(msgspec.Struct):
+    """What a node sends to enrol. Read by type, not converted: ``bytes(n)`` of a number would make
+    a key of n zero bytes (or try to), so a field of the wrong type is refused as BAD_HELLO. Fields
+    a later version adds are ignored."""
+
+    node_id: str
+    store_id: str
+    role: str
+    public_key: bytes
+    proof: bytes
+    url: str | None = None
+
+
+_HELLO = msgspec.msgpack.Decoder(Hello)
 
 
 def _signed(box: Box, request: Request[Any, Any, State], body: bytes, media_type: str) -> Response[bytes]:
@@ -75,15 +92,15 @@ async def _enrol(box: Box, node_id: str, store_id: str, role: str, public_key: b
 async def hello(request: Request[Any, Any, State], box: Box, hub: Hub | None) -> Response[bytes]:
     """Enrol a node that proves it belongs to this store (or, at HQ, to a store HQ serves)."""
     body = await request.body()
-    data = _unpack(body)
     try:
+        data = _HELLO.decode(body)
         signed = protocol.read_signature(request.headers)
-        node_id, store_id, role = str(data["node_id"]), str(data["store_id"]), str(data["role"])
-        public_key, proof, url = bytes(data["public_key"]), bytes(data["proof"]), str(data.get("url") or "")
-    except (KeyError, TypeError, ValueError, protocol.ProtocolError) as exc:
+    except (msgspec.DecodeError, protocol.ProtocolError) as exc:
         raise BadRequest(
             f"hello needs node_id, store_id, role, public_key and proof: {exc}", code="BAD_HELLO"
         ) from None
+    node_id, store_id, role, public_key, proof = data.node_id, data.store_id, data.role, data.public_key, data.proof
+    url = data.url or ""
     if signed.node_id != node_id:
         raise Unauthenticated("the hello is signed by another node than it names", code="BAD_SIGNATURE")
     problem = protocol.verify(public_key, signed, request.method, request.url.path, body, wall_ms())
@@ -127,11 +144,14 @@ async def pull(request: Request[Any, Any, State], box: Box, hub: Hub | None) -> 
     body = await request.body()
     row, target = await _caller(request, box, hub, body)
     data = _unpack(body)
+    asked = data.get("limit")
+    if asked is not None and (isinstance(asked, bool) or not isinstance(asked, int)):
+        raise BadRequest(f"malformed pull: limit is {type(asked).__name__}, not a whole number", code="BAD_PAGE")
     try:
         theirs = vectors.parse(data.get("vector"))
-        limit = max(1, min(int(data.get("limit") or DEFAULT_PAGE), protocol.MAX_PAGE_EVENTS))
     except (TypeError, ValueError) as exc:
         raise BadRequest(f"malformed pull: {exc}", code="BAD_PAGE") from None
+    limit = max(1, min(asked or DEFAULT_PAGE, protocol.MAX_PAGE_EVENTS))
     store_id = target.node.store_id
 
     def build() -> tuple[dict[str, Any], bytes]:

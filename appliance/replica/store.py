@@ -235,14 +235,14 @@ def incoming(store_id: str, page: dict[str, Any], held: dict[str, int] | None = 
                 raise Forbidden(f"writer {writer_id} belongs to store {writer_store}", code="WRONG_STORE")
             if kind not in ("box", "device", "scanner"):
                 raise BadRequest(f"writer {writer_id} has unknown kind {kind!r}", code="VALIDATION")
-            writers.append((str(writer_id), str(kind), str(writer_store), str(name), bytes(public_key)))
+            writers.append((str(writer_id), str(kind), str(writer_store), str(name), _bin(public_key)))
         runs = []
         for rows in _runs(page.get("events") or []):
             have = held.get(rows[0][0], 0)
             if rows[-1][1] > have:
                 events = run_events(rows)
                 runs.append(events if rows[0][1] > have else [event for event in events if event.seq > have])
-        heads = [(str(w), int(seq), bytes(digest), bytes(sig)) for w, seq, digest, sig in page.get("heads") or []]
+        heads = [(str(w), int(seq), _bin(digest), _bin(sig)) for w, seq, digest, sig in page.get("heads") or []]
     except (TypeError, ValueError, IndexError, ProtocolError) as exc:
         raise BadRequest(f"malformed page: {exc}", code="BAD_PAGE") from None
     return Incoming(writers, runs, heads, page.get("vector"))
@@ -292,6 +292,13 @@ def apply_page(
     if source is not None:
         note_exchange(conn, source, their_vector=page.vector, events_in=applied, bytes_in=nbytes)
     return applied
+
+
+def _bin(value: Any) -> bytes:
+    """A page's key, hash or signature: ``bytes(7)`` would be seven zero bytes, not a refusal."""
+    if not isinstance(value, bytes | bytearray):
+        raise ValueError(f"expected bytes, got {type(value).__name__}")
+    return bytes(value)
 
 
 def _runs(rows: list[list[Any]]) -> Iterable[list[list[Any]]]:

@@ -180,3 +180,18 @@ def test_a_page_reusing_an_event_id_the_receiver_holds_is_refused_whole(box: Box
         assert other.db.read().execute("SELECT count(*) FROM events").fetchone()[0] == before
     finally:
         other.close()
+
+
+@pytest.mark.parametrize("where", ["writer_key", "head_hash", "head_signature"])
+def test_a_page_with_a_number_where_bytes_belong_is_refused_as_malformed(box: Box, where: str) -> None:
+    """``bytes(n)`` of a number is n zero bytes: a page must not make this replica allocate them."""
+    _log_with_interleaved_writers(box)
+    page = _page(box, {}, 100)
+    if where == "writer_key":
+        page["writers"] = [[*page["writers"][0][:4], 10**12], *page["writers"][1:]]
+    else:
+        index = 2 if where == "head_hash" else 3
+        page["heads"] = [[*page["heads"][0][:index], 10**12, *page["heads"][0][index + 1 :]], *page["heads"][1:]]
+    with pytest.raises(BadRequest) as refused:
+        replicas.incoming(box.node.store_id, page)
+    assert refused.value.code == "BAD_PAGE"
