@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,34 @@ DEMO_PASSWORDS = {
     "verifier": "verifier-demo",
     "auditor": "auditor-demo",
 }
+
+
+CHROMIUM = Path(os.environ.get("STOCKVERIFY_CHROMIUM", "/usr/bin/chromium"))
+
+
+def need(reason: str) -> None:
+    """Locally a missing system capability skips; under CI it fails, so a test cannot silently stop
+    running (``.ci/run`` installs what the tests need)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run this test, but: {reason} (see .ci/run)")
+    pytest.skip(reason)
+
+
+@contextmanager
+def launch_chromium() -> Iterator[Any]:
+    """Debian's chromium driven by Playwright through ``executable_path`` (never a browser of its own)."""
+    if not CHROMIUM.exists():
+        need(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        need("the playwright package is not installed (pip install -e '.[test]')")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            yield launched
+        finally:
+            launched.close()
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:

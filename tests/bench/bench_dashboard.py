@@ -29,8 +29,8 @@ from typing import Any
 from playwright.sync_api import sync_playwright
 
 from tests.bench.bench_claims import percentile
-from tests.conftest import ServerProcess
-from tests.web.conftest import CHROMIUM, TABLET
+from tests.conftest import CHROMIUM, ServerProcess
+from tests.web.conftest import TABLET
 from tests.web.scenario import LONG_LEASES, build
 
 _TOKEN = "token => sessionStorage.setItem('stockverify.token', token)"

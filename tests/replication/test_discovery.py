@@ -42,19 +42,12 @@ from replication.discovery import (
     encode_txt,
     local_ipv4_addresses,
 )
-from tests.conftest import FAST_PASSWORD_ENV, free_port, make_settings
+from tests.conftest import FAST_PASSWORD_ENV, free_port, make_settings, need
 
 MAIN = Path(__file__).resolve().parents[2]
 NODE_A = "01JA0000000000000000000AAA"
 NODE_B = "01JB0000000000000000000BBB"
 NODE_C = "01JC0000000000000000000CCC"
-
-
-def _need(reason: str) -> None:
-    """Locally a missing dependency skips; in CI it fails, so the test cannot silently stop running."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must run this test, but: {reason}")
-    pytest.skip(reason)
 
 
 def _store() -> str:
@@ -146,7 +139,7 @@ def test_mdns_settings() -> None:
 def lan() -> str:
     addresses = local_ipv4_addresses()
     if not addresses:
-        _need("no non-loopback IPv4 address to multicast on")
+        need("no non-loopback IPv4 address to multicast on")
     return addresses[0]
 
 
@@ -275,17 +268,17 @@ def _ip(*args: str) -> None:
 @pytest.fixture(scope="module")
 def namespaces() -> Iterator[Namespaces]:
     if not sys.platform.startswith("linux"):
-        _need("network namespaces are Linux only")
+        need("network namespaces are Linux only")
     if os.geteuid() != 0:
-        _need("making network namespaces needs root")
+        need("making network namespaces needs root")
     if shutil.which("ip") is None:
-        _need("iproute2 (`ip`) is not installed")
+        need("iproute2 (`ip`) is not installed")
     tag = f"svd{os.getpid() % 10_000_000}"
     made = Namespaces(box=f"{tag}-box", device=f"{tag}-dev")
     try:
         _ip("netns", "add", made.box)
     except RuntimeError as exc:
-        _need(f"cannot make a network namespace: {exc}")
+        need(f"cannot make a network namespace: {exc}")
     try:
         _ip("netns", "add", made.device)
         _ip("link", "add", f"{tag}b", "type", "veth", "peer", "name", f"{tag}d")

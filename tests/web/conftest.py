@@ -8,42 +8,23 @@ missing browser can never pass for a green dashboard.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import DEMO_PASSWORDS, ServerProcess
+from tests.conftest import DEMO_PASSWORDS, ServerProcess, launch_chromium
 from tests.web.scenario import LONG_LEASES, CountScenario, build, password
 
-CHROMIUM = Path(os.environ.get("STOCKVERIFY_CHROMIUM", "/usr/bin/chromium"))
 TABLET = {"width": 1280, "height": 800}  # a 10" tablet held landscape
-
-
-def _missing(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}; CI must install it (see .ci/run)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        _missing(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("the playwright package is not installed (pip install -e '.[test]')")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with launch_chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")

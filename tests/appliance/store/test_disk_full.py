@@ -33,16 +33,8 @@ from appliance.store.db import Database
 from replication.device import transport
 from replication.device.outbox import Outbox
 from replication.retry import retryable_status
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, launch_chromium, need
 from tests.replication.conftest import CountingBox, paired_outbox, scan_payload
-from tests.web.conftest import CHROMIUM
-
-
-def need(reason: str) -> None:
-    """Locally a missing capability skips; in CI it fails, so the test cannot silently stop running."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must run this test, but: {reason}")
-    pytest.skip(reason)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -354,18 +346,8 @@ def test_a_full_disk_refuses_batches_with_507_says_so_and_recovers(full_disk_box
 def chromium() -> Iterator[Any]:
     """Debian's chromium under Playwright, for this test alone: Playwright's sync API keeps an event loop
     running while it is open, and the device tests here need ``asyncio.run``."""
-    if not CHROMIUM.exists():
-        need(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        need("the playwright package is not installed (pip install -e '.[test]')")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with launch_chromium() as launched:
+        yield launched
 
 
 @pytest.mark.slow
