@@ -26,6 +26,7 @@ from appliance.replica import counters, lock_forwarding
 from appliance.replica import store as replicas
 from appliance.store.db import collector_paused
 from appliance.store.eventlog import ChainError, version_vector
+from replication.peers.store import COUNTERS
 from replication.wire import protocol, vectors
 from replication.wire.hlc import wall_ms
 
@@ -180,7 +181,7 @@ async def push(request: Request[Any, Any, State], box: Box, hub: Hub | None) -> 
     except protocol.ProtocolError as exc:
         raise BadRequest(str(exc), code="BAD_PAGE") from None
     store_id, node_id = target.node.store_id, row["node_id"]
-    if page.get("mode") == counters.MODE:
+    if page.get("mode") == COUNTERS:
 
         def merge(conn: sqlite3.Connection) -> dict[str, Any]:
             covered = counters.merge(conn, store_id, page)

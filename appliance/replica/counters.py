@@ -29,7 +29,6 @@ from replication.wire import vectors
 from replication.wire.codec import unpack
 from replication.wire.protocol import API_VERSION
 
-MODE = COUNTERS
 SESSION_COLUMNS = (
     "session_id",
     "run_id",
@@ -93,7 +92,7 @@ def export(conn: sqlite3.Connection, store_id: str, acked: dict[str, int]) -> di
                 sessions.add(p["session_id"])
     return {
         "v": API_VERSION,
-        "mode": MODE,
+        "mode": COUNTERS,
         "store": store_id,
         "vector": ours,
         "scan_counts": _rows(

@@ -155,6 +155,19 @@ async def pair(http: aiohttp.ClientSession, base_url: str, code: str, name: str,
     return await request(http, "POST", _url(base_url, "/api/devices/pair"), body=body, as_json=True)
 
 
+def wire_event(e: Event) -> dict[str, Any]:
+    """An event as a batch carries it (docs/sync-protocol.md §3.1): the writer is named once, above."""
+    return {
+        "seq": e.seq,
+        "event_id": e.event_id,
+        "type": e.type,
+        "hlc": e.hlc,
+        "occurred_at": e.occurred_at,
+        "prev_hash": e.prev_hash,
+        "payload": e.payload,
+    }
+
+
 def batch_body(writer_id: str, events: Sequence[Event], key: Ed25519PrivateKey) -> dict[str, Any]:
     """The §3.1 envelope: the events and one signature over the batch's last hash."""
     if not events:
@@ -162,18 +175,7 @@ def batch_body(writer_id: str, events: Sequence[Event], key: Ed25519PrivateKey) 
     last = events[-1]
     return {
         "writer_id": writer_id,
-        "events": [
-            {
-                "seq": e.seq,
-                "event_id": e.event_id,
-                "type": e.type,
-                "hlc": e.hlc,
-                "occurred_at": e.occurred_at,
-                "prev_hash": e.prev_hash,
-                "payload": e.payload,
-            }
-            for e in events
-        ],
+        "events": [wire_event(e) for e in events],
         "head": {"seq": last.seq, "hash": last.hash, "signature": sign_chain_head(key, writer_id, last.seq, last.hash)},
     }
 

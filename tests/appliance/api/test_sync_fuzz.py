@@ -23,6 +23,7 @@ from ulid import ULID
 
 from appliance.box import Box, open_box
 from appliance.counting import items
+from replication.device import transport
 from replication.wire.codec import CodecError, Event
 from replication.wire.hlc import wall_ms
 from tests.appliance.counting.test_bounds import BARCODE_A, MSGPACK, Rig, decoded, hexed, make_rig
@@ -183,18 +184,7 @@ def _envelope(rig: Rig, events: list[Event]) -> dict[str, Any]:
         return rig.envelope(events)
     except (CodecError, RecursionError):
         body = rig.envelope([Event(rig.writer_id, 1, str(ULID()), "x", {}, 0, bytes(32))])
-        body["events"] = [
-            {
-                "seq": e.seq,
-                "event_id": e.event_id,
-                "type": e.type,
-                "hlc": e.hlc,
-                "occurred_at": e.occurred_at,
-                "prev_hash": e.prev_hash,
-                "payload": e.payload,
-            }
-            for e in events
-        ]
+        body["events"] = [transport.wire_event(e) for e in events]
         return body
 
 
