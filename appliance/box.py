@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from appliance import counting  # noqa: F401
 from appliance.auth import devices, people  # noqa: F401
 from appliance.catalog import layout, products  # noqa: F401
+from appliance.counting.authority import LockAuthority, designate_self
 from appliance.errors import Unavailable
 from appliance.settings import Settings
 from appliance.store.db import Database, connect
@@ -38,6 +39,7 @@ class Box:
     log: EventLog
     bus: EventBus
     created: bool  # True when this start made the store
+    authority: LockAuthority = field(default_factory=lambda: LockAuthority(""))  # who grants the store's locks
 
     def close(self) -> None:
         self.db.close()
@@ -94,7 +96,11 @@ def open_box(settings: Settings, *, replica_key: Ed25519PrivateKey | None = None
     db.add_job_hook(tap.job_done)
     db.add_failure_hooks(tap.job_failed, tap.rolled_back)
     db.add_commit_hook(tap.committed)
-    box = Box(settings=settings, db=db, node=node, log=event_log, bus=bus, created=created)
+    authority = LockAuthority(node.node_id, settings.lock_authority_url)
+    event_log.listeners.append(authority.appended)
+    db.add_job_hook(authority.job_done)
+    db.add_failure_hooks(authority.rolled_back, authority.rolled_back)
+    box = Box(settings=settings, db=db, node=node, log=event_log, bus=bus, created=created, authority=authority)
 
     if created:
 
@@ -117,4 +123,11 @@ def open_box(settings: Settings, *, replica_key: Ed25519PrivateKey | None = None
 
         db.write(create_store)
         log.info("store created", extra={"store_id": node.store_id, "node_id": node.node_id})
+    # lock_authority: designate this box if the store has no authority yet as far as it knows. At the
+    # store's first box that is as the store is made; a box that already holds the store's designation
+    # (it joined by replication) records nothing.
+    wants = replica_key is None and node.role == "box" and settings.lock_authority
+    if wants and db.write(lambda conn: designate_self(conn, event_log, node.node_id)):
+        log.info("this box is the store's lock authority", extra={"node_id": node.node_id, "epoch": 1})
+    authority.load(db.read())
     return box

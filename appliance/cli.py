@@ -1,4 +1,4 @@
-"""``stockverify``: the one command line for the box (serve, settings, users, products, doctor, rebuild)."""
+"""``stockverify``: the one command line for the box (serve, settings, users, products, locks, doctor, rebuild)."""
 
 from __future__ import annotations
 
@@ -238,6 +238,82 @@ def products_import(config: Path | None, data_dir: Path | None, file: Path, dry_
     finally:
         box.close()
     click.echo(json.dumps(result, indent=2))
+
+
+@main.group()
+def locks() -> None:
+    """Which box of the store grants rack claims and session locks."""
+
+
+def _locks_view(box: Any) -> dict[str, Any]:
+    from appliance.counting import authority
+
+    conn = box.db.read()
+    box.authority.load(conn)
+    return {
+        "node_id": box.node.node_id,
+        **box.authority.standing().to_dict(),
+        "designations": authority.history(conn),
+    }
+
+
+def _echo_locks(view: dict[str, Any]) -> None:
+    who = view["authority"] or (", ".join(view["rivals"]) if view["rivals"] else "none yet")
+    click.echo(f"this box:  {view['node_id']} ({view['role']})")
+    click.echo(f"authority: {who} at epoch {view['epoch']}")
+    for d in view["designations"]:
+        click.echo(f"  epoch {d['epoch']}: {d['node_id']}" + (f" (by {d['by']})" if d["by"] else " (first box)"))
+
+
+@locks.command("show")
+@data_dir_option
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="print as JSON")
+def locks_show(config: Path | None, data_dir: Path | None, as_json: bool) -> None:
+    """Who grants the store's locks, at which epoch, and this box's part, as this box's log says."""
+    from appliance.box import open_box
+
+    box = open_box(_settings(config, data_dir=data_dir))
+    try:
+        view = _locks_view(box)
+    finally:
+        box.close()
+    if as_json:
+        click.echo(json.dumps(view, indent=2))
+    else:
+        _echo_locks(view)
+
+
+@locks.command("move-authority")
+@data_dir_option
+@config_option
+@click.option("--to", "node_id", required=True, help="the node id of the box that grants locks from now on")
+@click.option("--json", "as_json", is_flag=True, help="print as JSON")
+def locks_move_authority(config: Path | None, data_dir: Path | None, node_id: str, as_json: bool) -> None:
+    """Make another box (or this one) the store's lock authority, at the next epoch.
+
+    Every token granted afterwards is larger than any before, leases of the earlier epoch are no longer
+    honoured, and scans made under them are flagged. The way out when two boxes both grant."""
+    import getpass
+
+    from appliance.box import open_box
+    from appliance.counting import authority
+    from appliance.errors import StockVerifyError
+
+    box = open_box(_settings(config, data_dir=data_dir))
+    try:
+        by = f"shell:{getpass.getuser()}"
+        moved = box.db.write(lambda conn: authority.move(conn, box.log, by, node_id))
+        view = _locks_view(box)
+    except StockVerifyError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message}") from None
+    finally:
+        box.close()
+    if as_json:
+        click.echo(json.dumps({**moved, "here": view}, indent=2))
+        return
+    click.echo(f"the lock authority is now {moved['node_id']} at epoch {moved['epoch']}; the store's boxes learn it")
+    click.echo("by replication, and the old authority stops granting as soon as it does")
 
 
 @main.command()

@@ -1,16 +1,18 @@
 """What runs beside the routes: the app's services and the background work the lifespan owns.
 
 ``Services`` holds every long-lived object a route may need (the box, password hashing, the login
-throttle, stream tickets, HQ's hub, the replicator, the lock forwarder). Routes get them by name
-through Litestar's ``Provide`` (``appliance.api.deps``), typed, never by looking them up on the app.
+throttle, the per-device sync limits, stream tickets, HQ's hub, the replicator, the lock forwarder).
+Routes get them by name through Litestar's ``Provide`` (``appliance.api.deps``), typed, never by
+looking them up on the app.
 
 The lifespan hooks, entered in this order and left in reverse, start what runs for as long as the
 server does, and stop it before the database closes:
 
-1. lease watch — tells live listeners when a rack lease lapsed (a lapse is no event);
+1. lease watch — tells live listeners when a rack lease lapsed (a lapse is no event), and picks up a
+   lock authority move the CLI wrote to this box's database from another process;
 2. mDNS — browses for the store's other boxes, advertises this one once HTTP listens;
 3. replicator — pulls from peers, pushes to and pulls from HQ (``replication.peers``);
-4. lock forwarder — at a box that does not grant locks, sends claims to the one that does.
+4. lock forwarder — while this box does not grant locks, sends claims to the one that does.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import aiohttp
 from litestar import Litestar
 
 from appliance.auth.people import LoginThrottle, Passwords, StreamTickets
+from appliance.auth.throttle import DeviceThrottle
 from appliance.box import Box
 from appliance.counting import locks
 from appliance.hq.hub import Hub
@@ -50,11 +53,12 @@ class Services:
     box: Box
     passwords: Passwords
     login_throttle: LoginThrottle
+    device_throttle: DeviceThrottle
     stream_tickets: StreamTickets = field(default_factory=StreamTickets)
     hub: Hub | None = None  # HQ only: a replica per store behind the same endpoints
     discovery: Discovery | None = None  # while mDNS runs
     replicator: Replicator | None = None  # while a store box has someone to exchange with
-    lock_forwarder: LockForwarder | None = None  # at a box that is not the store's lock authority
+    lock_forwarder: LockForwarder | None = None  # used while this box is not the store's lock authority
 
     @classmethod
     def for_box(cls, box: Box) -> Services:
@@ -63,6 +67,12 @@ class Services:
             box=box,
             passwords=Passwords(settings.password_memory_kib, settings.password_time_cost),
             login_throttle=LoginThrottle(settings.login_attempts_per_minute),
+            device_throttle=DeviceThrottle(
+                settings.device_batches_per_s,
+                settings.device_batch_burst,
+                settings.device_heartbeats_per_s,
+                settings.device_heartbeat_burst,
+            ),
             hub=Hub(box) if box.node.role == "hq" else None,
         )
 
@@ -87,6 +97,9 @@ class Services:
         def expired(since_ms: int, until_ms: int) -> list[dict[str, Any]]:
             return locks.expired_leases(box.db.read(), since_ms, until_ms)
 
+        def authority_behind() -> bool:
+            return box.authority.behind(box.db.read())
+
         async def watch() -> None:
             last = wall_ms()
             while True:
@@ -95,6 +108,9 @@ class Services:
                 lapsed = await asyncio.to_thread(expired, last, now)
                 last = now
                 box.bus.publish([(None, _lapsed(row)) for row in lapsed])
+                if await asyncio.to_thread(authority_behind):
+                    # Read again on the writer thread, where no designation can be half folded.
+                    await box.db.awrite(box.authority.load)
 
         async with running(watch(), "lease-watch"):
             yield
@@ -151,7 +167,7 @@ class Services:
         me = Me(node.node_id, node.store_id, node.key, node.public_key, settings.public_url)
         store = BoxReplica(box.db, box.log, node.store_id)
         async with aiohttp.ClientSession() as http:
-            replicator = Replicator(me, store, settings, http, discovered)
+            replicator = Replicator(me, store, settings, http, discovered, hello_heard=box.authority.heard)
             self.replicator = replicator
             try:
                 async with running(replicator.run(), "replicator"):
@@ -162,9 +178,10 @@ class Services:
     # -- 4. lock forwarder ---------------------------------------------------------------------------
     @asynccontextmanager
     async def lock_forwarding(self) -> AsyncIterator[None]:
-        """Only a store box that does not grant locks forwards them, over the replicator's links."""
+        """Every store box may have to forward: which box grants is replicated state and can move while
+        the box runs (the forwarder costs nothing until a claim needs it)."""
         box = self.box
-        if box.node.role == "hq" or box.settings.lock_authority:
+        if box.node.role == "hq":
             yield
             return
         forwarder = LockForwarder(box, lambda: self.replicator, asyncio.get_running_loop())

@@ -139,6 +139,21 @@ def _seconds(low: float, high: float) -> Callable[[Any], float]:
     return parse
 
 
+def _per_s(low: float, high: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number per second, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number per second, got {value!r}") from None
+        if not low <= number <= high:  # also refuses nan
+            raise ValueError(f"expected {low} to {high} per second, got {number}")
+        return number
+
+    return parse
+
+
 def setting(default: _T, parse: Callable[[Any], _T], help: str, *, secret: bool = False) -> _T:
     """A ``Settings`` field that carries its parser and help text, so a setting is declared in one place.
 
@@ -162,12 +177,18 @@ class Settings:
     token_ttl_s: int = setting(12 * 3600, _int(60, 30 * 24 * 3600), "seconds a login token stays valid")
     lease_ttl_s: int = setting(60, _int(2, 3600), "seconds a rack lease lasts without a heartbeat")
     lease_renew_s: int = setting(20, _int(1, 3600), "seconds between the heartbeats that renew a lease")
-    lock_authority: bool = setting(True, _bool, "whether this box grants rack and session locks for the store")
+    lock_authority: bool = setting(
+        True,
+        _bool,
+        "at start, designate this box the store's lock authority if the store has none yet as far as this box"
+        " knows (its first box); set false on a box added to a store that has one. Moving it later: stockverify"
+        " locks move-authority",
+    )
     lock_authority_url: str = setting(
         "",
         _url(allow_empty=True),
         "the lock authority box's URL, for a box that forwards claims to it"
-        " (empty: the peer box that says it is the authority)",
+        " (empty: the box the store's replicated designation names)",
     )
     lock_forward_timeout_s: float = setting(
         3.0, _seconds(0.2, 60.0), "seconds a forwarded claim waits for the lock authority before failing"
@@ -175,6 +196,23 @@ class Settings:
     max_request_bytes: int = setting(8 * 1024 * 1024, _int(1024, 1024 * 1024 * 1024), "largest request body accepted")
     login_attempts_per_minute: int = setting(
         10, _int(1, 10_000), "login attempts allowed per address and user each minute"
+    )
+    # Per-device limits on the sync routes (auth.throttle). A handheld drains a backlog in batches of
+    # 100-200 events, at most 2 in flight: a day offline is a few hundred batches, and the box takes a
+    # few hundred a second from all its devices together, so a working handheld never meets them. They
+    # hold a device caught in a loop to a sustained rate; the burst is what it gets before that. A
+    # heartbeat (one every lease_renew_s) is one small write, cheap enough to allow as many at once.
+    device_batches_per_s: float = setting(
+        100.0, _per_s(0.01, 100_000.0), "sync batches each device may send per second, sustained"
+    )
+    device_batch_burst: int = setting(
+        1000, _int(1, 1_000_000), "sync batches a device may send at once before device_batches_per_s applies"
+    )
+    device_heartbeats_per_s: float = setting(
+        2.0, _per_s(0.01, 100_000.0), "heartbeats each device may send per second, sustained"
+    )
+    device_heartbeat_burst: int = setting(
+        1000, _int(1, 1_000_000), "heartbeats a device may send at once before device_heartbeats_per_s applies"
     )
     password_memory_kib: int = setting(
         19_456, _int(8, 4 * 1024 * 1024), "memory (KiB) the password hash uses; higher is safer and slower"
@@ -325,6 +363,7 @@ def load_settings_with_sources(
     if settings.lock_authority and settings.lock_authority_url:
         raise SettingsError(
             "setting 'lock_authority_url' names another box as the lock authority, but 'lock_authority' is"
-            " true here too: set lock_authority = false on a box that forwards its claims"
+            " true here too, which would designate this box: set lock_authority = false on a box that forwards"
+            " its claims"
         )
     return settings, sources

@@ -12,6 +12,7 @@ import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from appliance.counting.authority import CONFLICT, FORWARDING, GRANTING, LockAuthority
 from appliance.settings import Settings
 from appliance.store.db import DISK_FULL, DISK_LOW_BYTES, probe_disk
 from appliance.store.eventlog import verify_writer_chain
@@ -50,6 +51,33 @@ def _disk(path: Path) -> Check:
     if free < DISK_WARN_BYTES:
         return Check("disk", "warn", text + "; plan to free space before the next count")
     return Check("disk", "ok", text)
+
+
+def _locks(conn: sqlite3.Connection, node: sqlite3.Row, settings: Settings) -> Check:
+    """The same answer as ``locks`` in /api/health, from the log alone (a hello the running box heard is
+    not in the database; its health says that part)."""
+    if node["role"] == "hq":
+        return Check("locks", "ok", "HQ grants no store's locks")
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'lock_designations'").fetchone() is None:
+        return Check("locks", "warn", "the lock authority is recorded at the next start (schema not migrated yet)")
+    authority = LockAuthority(node["node_id"], settings.lock_authority_url)
+    authority.load(conn)
+    standing = authority.standing()
+    if standing.role == CONFLICT:
+        return Check("locks", "fail", standing.reason() or "two lock authorities")
+    if standing.role == GRANTING:
+        return Check("locks", "ok", f"this box grants the store's locks (epoch {standing.epoch})")
+    if standing.role == FORWARDING and standing.node_id:
+        text = f"box {standing.node_id} grants the store's locks (epoch {standing.epoch}); claims here go there"
+        return Check("locks", "ok", text)
+    if standing.role == FORWARDING:
+        return Check("locks", "ok", f"claims here go to {settings.lock_authority_url} (lock_authority_url)")
+    return Check(
+        "locks",
+        "warn",
+        "no box of this store is designated the lock authority yet (or its designation has not reached this box):"
+        " claims fail until one is; an admin can designate one with 'stockverify locks move-authority --to NODE_ID'",
+    )
 
 
 def _open(db_path: Path, checks: list[Check]) -> sqlite3.Connection:
@@ -135,6 +163,7 @@ def run_checks(settings: Settings) -> list[Check]:
             )
         else:
             checks.append(Check("chain", "fail", "; ".join(report.problems[:5])))
+        checks.append(_locks(conn, node, settings))
     finally:
         conn.close()
     return checks

@@ -1,4 +1,4 @@
-"""The conflict queue and its resolutions, and mapping unmatched codes to products."""
+"""What a supervisor decides: the conflict queue, events held for a supervisor, and mapping unmatched codes."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from litestar.params import JSONBody, Parameter
 from appliance.api.deps import SMALL_BODY, one_of
 from appliance.auth.people import User
 from appliance.box import Box
-from appliance.counting import codes, conflicts
+from appliance.counting import codes, conflicts, held
 from appliance.errors import ValidationFailed
 
 QUEUE_STATUSES = ("open", "resolved", "all")
@@ -23,6 +23,15 @@ class Resolution(msgspec.Struct, forbid_unknown_fields=True):
     action: Annotated[str, one_of(conflicts.ACTIONS)]
     reason: str = ""
     edits: dict[str, Any] = {}
+
+
+EventId = Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class HeldDecision(msgspec.Struct, forbid_unknown_fields=True):
+    event_ids: Annotated[list[EventId], msgspec.Meta(min_length=1, max_length=held.MAX_DECIDE)]
+    decision: Annotated[str, one_of(held.DECISIONS)]
+    reason: Annotated[str, msgspec.Meta(max_length=500)]
 
 
 class CodeMapping(msgspec.Struct, forbid_unknown_fields=True):
@@ -107,4 +116,28 @@ def map_code(data: JSONBody[CodeMapping], box: Box, user: User) -> dict[str, Any
     return box.db.write(lambda conn: codes.map_code(conn, box.log, user, data.code, data.sku))
 
 
-ROUTES: list[HTTPRouteHandler] = [list_conflicts, resolve, map_code]
+@get("/api/held", opt={"permission": "conflicts.read"}, sync_to_thread=True)
+def list_held(
+    box: Box,
+    run_id: str | None = None,
+    session_id: str | None = None,
+    status: Annotated[str, Parameter(schema_extra={"enum": ["open", "decided", "all"]})] = "open",
+) -> list[dict[str, Any]]:
+    """Events stored but not counted until a supervisor accepts them, with why each is held."""
+    return held.held(box.db.read(), run_id=run_id, session_id=session_id, status=status)
+
+
+@post(
+    "/api/held/decide",
+    opt={"permission": "conflicts.resolve"},
+    sync_to_thread=True,
+    status_code=200,
+    request_max_body_size=SMALL_BODY,
+)
+def decide_held(data: JSONBody[HeldDecision], box: Box, user: User) -> dict[str, Any]:
+    decided = box.db.write(lambda conn: held.decide(conn, box.log, user, data.event_ids, data.decision, data.reason))
+    box.bus.publish([(None, {"kind": "held", "decision": data.decision, "events": decided})])
+    return {"decided": decided, "decision": data.decision}
+
+
+ROUTES: list[HTTPRouteHandler] = [list_conflicts, resolve, map_code, list_held, decide_held]

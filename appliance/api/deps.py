@@ -4,7 +4,7 @@ app-wide guard, both made from the app's ``Services`` so that nothing is looked 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -16,6 +16,7 @@ from litestar.handlers.base import BaseRouteHandler
 from appliance.auth.devices import Device, device_for_token
 from appliance.auth.people import LoginThrottle, Passwords, StreamTickets, User, user_for_ticket, user_for_token
 from appliance.auth.permissions import PUBLIC_PREFIXES, allowed
+from appliance.auth.throttle import TokenBuckets
 from appliance.box import Box
 from appliance.errors import Forbidden, NotFound, Unauthenticated
 from appliance.hq.hub import Hub
@@ -103,23 +104,39 @@ def bearer_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     return token.strip()
 
 
+# The device routes a device may flood, by path, each held to its own per-device limit: a batch is
+# the heaviest request the box takes, a heartbeat a write of its own.
+RATE_LIMITED = ("/api/sync/batch", "/api/sync/heartbeat")
+
+
+def device_limits(services: Services) -> dict[str, TokenBuckets]:
+    throttle = services.device_throttle
+    return dict(zip(RATE_LIMITED, (throttle.batches, throttle.heartbeats), strict=True))
+
+
 def authorizer(services: Services) -> Guard:
     """The app-wide guard for ``services``' box."""
+    limits = device_limits(services)
 
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-        await authorize(services, connection, handler)
+        await authorize(services, connection, handler, limits)
 
     return guard
 
 
 async def authorize(
-    services: Services, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+    services: Services,
+    connection: ASGIConnection[Any, Any, Any, Any],
+    handler: BaseRouteHandler,
+    limits: Mapping[str, TokenBuckets],
 ) -> None:
     """Deny by default: a route passes only if it is public, a device route called with a live device
-    credential, or a person's route whose permission the person's role holds.
+    credential (within the device's limit on that route, ``limits`` by path), or a person's route whose
+    permission the person's role holds.
 
     Async although it awaits nothing: Litestar runs a plain guard in a worker thread, and that hop
-    cost more than the one indexed read the guard makes, on every request."""
+    cost more than the one indexed read the guard makes, on every request. The limit is checked here,
+    where the device is first known and before its body is read, so a flood costs a lookup each."""
     if handler.opt.get("public") or connection.scope["path"].startswith(PUBLIC_PREFIXES):
         return
     if handler.opt.get("node"):
@@ -128,7 +145,12 @@ async def authorize(
         scheme, _, token = connection.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "device" or not token.strip():
             raise Unauthenticated("send the device credential as 'Authorization: Device <token>'")
-        connection.state.device = device_for_token(services.box.db.read(), token.strip())
+        device = device_for_token(services.box.db.read(), token.strip())
+        for path in handler.paths:
+            bucket = limits.get(path)
+            if bucket is not None:
+                bucket.take(device.writer_id)
+        connection.state.device = device
         return
     permission = handler.opt.get("permission")
     if not isinstance(permission, str):

@@ -81,7 +81,7 @@ def pairing_qr(box: Box, request: Request[Any, Any, State], code: str) -> Respon
 def pair(
     data: JSONBody[PairRequest], box: Box, login_throttle: LoginThrottle, request: Request[Any, Any, State]
 ) -> dict[str, Any]:
-    login_throttle.check(request.client.host if request.client else "?", "device pairing")
+    login_throttle.check(request.client.host if request.client else "?", "device pairing", what="pairing attempts")
     try:
         public_key = bytes.fromhex(data.public_key)
     except ValueError:

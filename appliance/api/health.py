@@ -4,7 +4,10 @@ It answers 200 whenever the database can be read, ``"status": "degraded"`` inclu
 is full still serves what it holds, and discovery and connectivity checks must still find it. 503 is
 kept for a database that cannot be read at all. ``degraded`` comes with a human ``reason`` and, when
 the disk is the cause, ``disk.problem`` (``DISK_FULL`` or ``DISK_READ_ONLY``: a write was refused) or
-``disk.low`` (under ``DISK_LOW_BYTES`` free: writes still pass, not for long).
+``disk.low`` (under ``DISK_LOW_BYTES`` free: writes still pass, not for long), or when two boxes of the
+store are both its lock authority (``locks.role`` is ``conflict``: claims are refused until an admin
+moves the authority). ``locks`` says who grants the store's locks, at which epoch, and this box's part
+(``granting``, ``forwarding``, ``conflict`` or ``unknown``); HQ grants none and answers ``null``.
 """
 
 from __future__ import annotations
@@ -84,7 +87,8 @@ def health(box: Box) -> Response[dict[str, Any]]:
         log.exception("health check could not read the database")
         database_ok = False
     disk, disk_reason = _disk(box)
-    reason = disk_reason if database_ok else REASON_DATABASE
+    standing = box.authority.standing() if box.node.role == "box" else None
+    reason = (disk_reason or (standing.reason() if standing else None)) if database_ok else REASON_DATABASE
     body = {
         "status": "ok" if reason is None else "degraded",
         "node_id": box.node.node_id,
@@ -93,6 +97,7 @@ def health(box: Box) -> Response[dict[str, Any]]:
         "version": __version__,
         "database": "ok" if database_ok else "error",
         "disk": disk,
+        "locks": standing.to_dict() if standing else None,
         "reason": reason,
     }
     return Response(body, status_code=200 if database_ok else 503)

@@ -16,7 +16,7 @@ from appliance.api.deps import SMALL_BODY
 from appliance.auth.people import User
 from appliance.auth.permissions import allowed
 from appliance.box import Box
-from appliance.counting import conflicts, locks
+from appliance.counting import authority, conflicts, locks
 from appliance.replica import lock_forwarding
 from appliance.replica.lock_forwarding import LockForwarder, LockOp
 
@@ -34,6 +34,10 @@ class SessionLock(msgspec.Struct, forbid_unknown_fields=True):
     device_id: str
 
 
+class AuthorityMove(msgspec.Struct, forbid_unknown_fields=True):
+    node_id: str  # the box that grants the store's locks from now on
+
+
 def _ttl_ms(box: Box) -> int:
     return box.settings.lease_ttl_s * 1000
 
@@ -42,7 +46,7 @@ def _ttl_ms(box: Box) -> int:
 def rack_board(box: Box, user: User, run_id: str) -> list[dict[str, Any]]:
     """The floor map's tiles; for those who may read the conflict queue, each with its open conflicts."""
     conn = box.db.read()
-    board = locks.rack_board(conn, run_id, authority=box.settings.lock_authority)
+    board = locks.rack_board(conn, run_id, authority=box.authority.standing().role == authority.GRANTING)
     if allowed("conflicts.read", user.role):
         per_rack = conflicts.open_by_rack(conn, run_id)
         for tile in board:
@@ -158,7 +162,29 @@ async def force_release_lock(
     return await lock_forwarding.perform(box, forwarder, user, op)
 
 
+@get("/api/locks/authority", opt={"permission": "replication.read"}, sync_to_thread=True)
+def lock_authority(box: Box) -> dict[str, Any]:
+    """Who grants the store's locks, this box's part, and every designation the store has made."""
+    return {**box.authority.standing().to_dict(), "designations": authority.history(box.db.read())}
+
+
+@post(
+    "/api/locks/authority",
+    opt={"permission": "locks.authority"},
+    status_code=200,
+    request_max_body_size=SMALL_BODY,
+)
+async def move_authority(data: JSONBody[AuthorityMove], box: Box, user: User) -> dict[str, Any]:
+    """Designate the box that grants locks from now on, at the next epoch: every later token is larger
+    than any before, and leases of the earlier epochs are no longer honoured. Recorded at any box of
+    the store; the others learn it by replication."""
+    moved = await box.db.awrite(lambda conn: authority.move(conn, box.log, user.user_id, data.node_id))
+    return {**moved, "here": box.authority.standing().to_dict()}
+
+
 ROUTES: list[HTTPRouteHandler] = [
+    lock_authority,
+    move_authority,
     rack_board,
     claim,
     force_release,

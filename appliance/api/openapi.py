@@ -31,9 +31,12 @@ from litestar.openapi.spec import (
 )
 from litestar.routes import HTTPRoute
 
+from appliance.api.deps import RATE_LIMITED
+from appliance.api.sync import MAX_QUEUE_DEPTH
 from appliance.auth.people import MIN_PASSWORD
 from appliance.auth.permissions import PUBLIC_PREFIXES
 from appliance.catalog.layout import MAX_CODE
+from appliance.counting.ingest import MAX_ID
 from appliance.replica import lock_forwarding
 
 ERROR_BODY = "ErrorBody"
@@ -64,6 +67,7 @@ _FIELD_RULES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "sessions_Reason": {"reason": _SAID},
     "locks_Reason": {"reason": _SAID},
+    "AuthorityMove": {"node_id": _SAID},
     "Revoke": {"reason": _SAID},
     "QuarantineDecision": {"reason": _SAID},
     # auth.devices.pair: a label of 1-64 characters once stripped; the key as bytes.fromhex reads it
@@ -115,14 +119,28 @@ _LOCK_OPERATION = {  # replica.lock_forwarding.LockOp, as msgspec decodes it
     },
 }
 
+_HEARTBEAT = {  # api.sync.Heartbeat, in either format
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "queue_depth": {"type": "integer", "minimum": 0, "maximum": MAX_QUEUE_DEPTH},
+        "app_version": {"type": "string", "maxLength": 64},
+        "session_id": {"oneOf": [{"type": "string", "maxLength": MAX_ID}, {"type": "null"}]},
+    },
+}
+
 # Routes that read their body themselves, in a format Litestar cannot see (msgpack, or a handheld's
-# batch in either msgpack or JSON): the request and the 200 answer by media type. The node routes'
-# bodies are signed over their exact bytes, so they are read raw; what a map carries is what
+# batch or heartbeat in either msgpack or JSON): the request and the 200 answer by media type. The node
+# routes' bodies are signed over their exact bytes, so they are read raw; what a map carries is what
 # ``api.replication`` reads from it.
 _WIRE_BODIES: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {
     ("POST", "/api/sync/batch"): (
         {_MSGPACK: _BINARY, "application/json": {"type": "object"}},  # counting.ingest.decode_batch
         {_MSGPACK: _BINARY, "application/json": {"type": "object"}},
+    ),
+    ("POST", "/api/sync/heartbeat"): (
+        {_MSGPACK: _HEARTBEAT, "application/json": _HEARTBEAT},  # api.sync.decode_heartbeat
+        {_MSGPACK: {"type": "object"}, "application/json": {"type": "object"}},
     ),
     ("POST", "/api/replication/hello"): (
         {
@@ -160,6 +178,11 @@ _WIRE_BODIES: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {
     ("POST", "/api/replication/locks"): ({_MSGPACK: _LOCK_OPERATION}, {_MSGPACK: _BINARY}),
 }
 
+# Answers a route encodes itself, in the format the request's Accept header asks for.
+_WIRE_ANSWERS: dict[tuple[str, str], dict[str, Any]] = {
+    ("GET", "/api/sync/pull"): {"application/json": {"type": "object"}, _MSGPACK: {"type": "object"}},
+}
+
 # Query and path values the route itself checks, by operation and parameter name.
 _PARAMETER_RULES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # Six ASCII digits, with at most two other characters (the "123-456" the box shows, a space).
@@ -175,7 +198,10 @@ _REFUSALS = {
     409: "Refused because of the current state: a transition not allowed now, a duplicate, a held lock",
     413: "The body is larger than this route accepts (PAYLOAD_TOO_LARGE)",
     422: "Well-formed, but a value is not acceptable (VALIDATION, REASON_REQUIRED, IMPORT_INVALID, ...)",
-    429: "Too many attempts from this address or for this name; try later (RATE_LIMITED)",
+    429: (
+        "Too many attempts from this address or for this name, or requests from this device; try after"
+        " Retry-After seconds (RATE_LIMITED)"
+    ),
     503: "A box this one depends on (the lock authority) cannot be reached (UNAVAILABLE)",
     507: "The box's disk is full; nothing was written (DISK_FULL)",
 }
@@ -193,6 +219,8 @@ def _refusals(route: HTTPRoute, handler: HTTPRouteHandler, method: str, injected
         statuses += [401, 403]
     if "login_throttle" in params:
         statuses += [401, 429]  # a public route that checks a secret (a password, a pairing code)
+    if handler.opt.get("device") and route.path in RATE_LIMITED:
+        statuses.append(429)  # a device's own limit on the route (auth.throttle)
     if route.path_parameters or writes or handler.opt.get("permission", "").startswith("hq."):
         statuses.append(404)
     elif any(name not in injected for name in params):
@@ -285,6 +313,11 @@ def _apply_rules(schemas: Mapping[str, Schema | Reference], operations: dict[tup
         ok = operation.responses["200"] if operation.responses else None
         assert isinstance(ok, OpenAPIResponse), key
         ok.content = {media: OpenAPIMediaType(schema=_schema(schema)) for media, schema in answers.items()}
+    for key, answers in _WIRE_ANSWERS.items():
+        responses = operations[key].responses
+        ok = responses["200"] if responses else None
+        assert isinstance(ok, OpenAPIResponse), key
+        ok.content = {media: OpenAPIMediaType(schema=_schema(schema)) for media, schema in answers.items()}
     for operation in operations.values():
         for parameter in operation.parameters or ():
             schema = None if isinstance(parameter, Reference) else parameter.schema
@@ -345,7 +378,10 @@ def document(app: Litestar) -> OpenAPI:
             description="'Device <token>', the credential POST /api/devices/pair returned",
         ),
     }
-    error = {"application/json": OpenAPIMediaType(schema=Reference(ref=f"#/components/schemas/{ERROR_BODY}"))}
+    error_body = OpenAPIMediaType(schema=Reference(ref=f"#/components/schemas/{ERROR_BODY}"))
+    # A refusal comes back in the request's format (``app._wants_msgpack``); box-to-box routes keep JSON.
+    error_json = {"application/json": error_body}
+    error_either = {**error_json, _MSGPACK: error_body}
     closed: set[str] = set()
     injected = frozenset(app.dependencies) | _CONNECTION_KWARGS
     for route, handler, method, operation in _operations(app):
@@ -354,6 +390,7 @@ def document(app: Litestar) -> OpenAPI:
         elif not (handler.opt.get("public") or handler.opt.get("node") or route.path.startswith(PUBLIC_PREFIXES)):
             operation.security = [{"person": []}]
         responses = dict(operation.responses or {})
+        error = error_json if handler.opt.get("node") else error_either
         for status in _refusals(route, handler, method, injected):
             responses[str(status)] = OpenAPIResponse(description=_REFUSALS[status], content=error)
         operation.responses = dict(sorted(responses.items()))

@@ -20,6 +20,7 @@ from litestar.handlers import HTTPRouteHandler
 
 from appliance.api.deps import SMALL_BODY
 from appliance.box import Box
+from appliance.counting.authority import GRANTING
 from appliance.errors import BadRequest, Forbidden, NotFound, Unauthenticated
 from appliance.hq.hub import Hub
 from appliance.replica import counters, lock_forwarding
@@ -133,8 +134,10 @@ async def hello(request: Request[Any, Any, State], box: Box, hub: Hub | None) ->
         "vector": version_vector(conn),
         "covered": counters.covered(conn),
         "api": protocol.API_VERSION,
-        # Which box grants the store's locks: its peers forward their claims to it.
-        "lock_authority": hub is None and settings.lock_authority,
+        # Whether this box grants the store's locks, and at which epoch: a peer that grants at the same
+        # epoch learns from this that two boxes do, before the designations themselves have replicated.
+        "lock_authority": hub is None and box.authority.standing().role == GRANTING,
+        "lock_epoch": box.authority.standing().epoch if hub is None else 0,
     }
     return _signed(box, request, msgpack.packb(answer, use_bin_type=True), MSGPACK)
 
@@ -247,6 +250,8 @@ def replication_status(box: Box, hub: Hub | None) -> dict[str, Any]:
         "role": box.node.role,
         "events": sum(vector.values()),
         "peers": replicas.status(conn),
+        # Who grants the store's locks, and this box's part: granting, forwarding, conflict or unknown.
+        "locks": box.authority.standing().to_dict() if hub is None else None,
     }
     if hub is not None:
         stores = []

@@ -8,14 +8,14 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
-from litestar.params import JSONBody
+from litestar.params import RawBody
 
 from appliance.auth import devices
 from appliance.auth.devices import Device
 from appliance.box import Box
 from appliance.counting import ingest as sync
 from appliance.counting import items, locks, rollups, sessions
-from appliance.errors import Forbidden
+from appliance.errors import BadRequest, Forbidden
 from appliance.replica import lock_forwarding
 from appliance.replica.lock_forwarding import LockForwarder
 
@@ -25,10 +25,32 @@ MAX_QUEUE_DEPTH = 1_000_000_000
 HEARTBEAT_MAX_BYTES = 64 * 1024  # a heartbeat is a few dozen bytes; the batch limit is for batches
 
 
+# JSON has one kind of number, and the document calls the depth an integer: a whole number written
+# as 44970.0 is that number, in either format. A fraction, a string or a bool is not a depth.
+WholeFloat = Annotated[float, msgspec.Meta(ge=0, le=MAX_QUEUE_DEPTH, multiple_of=1)]
+
+
 class Heartbeat(msgspec.Struct, forbid_unknown_fields=True):
-    queue_depth: Annotated[int, msgspec.Meta(ge=0, le=MAX_QUEUE_DEPTH)] = 0
+    queue_depth: Annotated[int, msgspec.Meta(ge=0, le=MAX_QUEUE_DEPTH)] | WholeFloat = 0
     app_version: Annotated[str, msgspec.Meta(max_length=64)] = ""
     session_id: Annotated[str, msgspec.Meta(max_length=sync.MAX_ID)] | None = None
+
+
+_MSGPACK_HEARTBEAT = msgspec.msgpack.Decoder(Heartbeat)
+_JSON_HEARTBEAT = msgspec.json.Decoder(Heartbeat)
+
+
+def decode_heartbeat(body: bytes, content_type: str) -> Heartbeat:
+    """A heartbeat in msgpack or JSON, checked against the same struct and bounds in either.
+
+    Every malformed one is ``400 VALIDATION``, as a malformed batch is (docs/sync-protocol.md §3.2):
+    a device acts on the code alone, so the format it sent must not change the code it gets."""
+    try:
+        if content_type.startswith(sync.MSGPACK):
+            return _MSGPACK_HEARTBEAT.decode(body)
+        return _JSON_HEARTBEAT.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        raise BadRequest(f"the heartbeat is not valid: {exc}", code="VALIDATION") from None
 
 
 @post("/api/sync/batch", opt={"device": True}, status_code=200)
@@ -41,11 +63,13 @@ async def batch(request: Request[Any, Any, State], box: Box, device: Device) -> 
         outcome = await box.db.awrite(lambda conn: sync.ingest(conn, box.log, device, events, wire.head.signature))
         conflicts = sync.flagged(box.db.read(), outcome.stored) if outcome.stored else []
         box.bus.publish([(None, {"kind": "conflict", "type": "conflict.flagged", **c}) for c in conflicts])
+        box.bus.publish([(None, {"kind": "held", "type": "events.held", **h}) for h in outcome.held])
     else:
         outcome, conflicts = refused, []
     answer = {
         "ok": outcome.ok,
         "conflicts": conflicts,
+        "held": outcome.held,
         "errors": outcome.errors,
         "expected_seq": outcome.expected_seq,
         "server_hlc": box.log.clock.now(),
@@ -71,17 +95,21 @@ def _device_sessions(box: Box, device: Device) -> list[dict[str, Any]]:
     request_max_body_size=HEARTBEAT_MAX_BYTES,
 )
 def heartbeat(
-    data: JSONBody[Heartbeat],
+    body: RawBody,
     box: Box,
     device: Device,
     device_forwarder: LockForwarder | None,
     request: Request[Any, Any, State],
-) -> dict[str, Any]:
+) -> Response[bytes]:
+    """Read in a worker thread: it writes the device's presence and renews its leases."""
+    content_type = request.headers.get("content-type", "application/json")
+    data = decode_heartbeat(body, content_type)
+    depth = int(data.queue_depth)
     address = request.client.host if request.client else ""
 
     def beat(conn: Any) -> int:
         devices.record_presence(
-            conn, device.writer_id, queue_depth=data.queue_depth, app_version=data.app_version, address=address
+            conn, device.writer_id, queue_depth=depth, app_version=data.app_version, address=address
         )
         return locks.renew(conn, ttl_ms=box.settings.lease_ttl_s * 1000, device_id=device.writer_id)
 
@@ -94,14 +122,14 @@ def heartbeat(
                 {
                     "kind": "presence",
                     "writer_id": device.writer_id,
-                    "queue_depth": data.queue_depth,
+                    "queue_depth": depth,
                     "renewed": renewed,
                 },
             )
         ]
     )
     head = box.db.read().execute("SELECT head_seq FROM writers WHERE writer_id = ?", (device.writer_id,)).fetchone()
-    return {
+    answer = {
         "server_hlc": box.log.clock.now(),
         "head_seq": head[0],
         "revoked": False,
@@ -109,23 +137,29 @@ def heartbeat(
         "lease_renew_s": box.settings.lease_renew_s,
         "sessions": _device_sessions(box, device),
     }
+    encoded, media_type = sync.encode_answer(answer, content_type)
+    return Response(encoded, media_type=media_type)
 
 
 @get("/api/sync/pull", opt={"device": True}, sync_to_thread=True)
-def pull(box: Box, device: Device, session_id: str) -> dict[str, Any]:
-    """Refresh before write: the session as the box holds it (blind: no expected quantities)."""
+def pull(box: Box, device: Device, session_id: str, request: Request[Any, Any, State]) -> Response[bytes]:
+    """Refresh before write: the session as the box holds it (blind: no expected quantities), in the
+    format the request's Accept header asks for, as its refusals are."""
     conn = box.db.read()
     session = sessions.get_session(conn, session_id)
     if session["device_id"] not in (None, device.writer_id):
         raise Forbidden("this session is held by another device", code="SESSION_NOT_YOURS")
     head = conn.execute("SELECT head_seq FROM writers WHERE writer_id = ?", (device.writer_id,)).fetchone()
-    return {
+    answer = {
         "session": sessions.session_dict(conn, session),
         **items.session_items(conn, session_id),
         "buckets": rollups.buckets(conn, session["run_id"], session_id),
         "head_seq": head[0],
         "server_hlc": box.log.clock.now(),
     }
+    wanted = request.accept.best_match(["application/json", sync.MSGPACK], default="application/json")
+    encoded, media_type = sync.encode_answer(answer, wanted or "application/json")
+    return Response(encoded, media_type=media_type)
 
 
 ROUTES: list[HTTPRouteHandler] = [batch, heartbeat, pull]

@@ -56,4 +56,20 @@ def add_user(data: JSONBody[NewUser], box: Box, passwords: Passwords) -> dict[st
     return user.to_dict()
 
 
-ROUTES: list[HTTPRouteHandler] = [list_users, counters, add_user]
+class Activity(msgspec.Struct, forbid_unknown_fields=True):
+    active: bool
+
+
+@post(
+    "/api/users/{user_id:str}/active",
+    opt={"permission": "users.write"},
+    sync_to_thread=True,
+    status_code=200,
+    request_max_body_size=SMALL_BODY,
+)
+def set_active(user_id: str, data: JSONBody[Activity], box: Box, user: people.User) -> dict[str, Any]:
+    """Deactivate a person who left, or bring them back; their past counts stay as they are."""
+    return box.db.write(lambda conn: people.set_active(conn, box.log, user, user_id, data.active))
+
+
+ROUTES: list[HTTPRouteHandler] = [list_users, counters, add_user, set_active]

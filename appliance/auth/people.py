@@ -88,6 +88,17 @@ def add_user(
     return user
 
 
+def set_active(conn: sqlite3.Connection, log: EventLog, actor: User, user_id: str, active: bool) -> dict[str, Any]:
+    """Deactivate a person who left (or bring them back). Their events stay; a deactivated person cannot
+    log in, and what a handheld sends in their name afterwards is held for a supervisor."""
+    person = get_user(conn, user_id)
+    if user_id == actor.user_id and not active:
+        raise Conflict("an admin cannot deactivate themselves", code="CANNOT_DEACTIVATE_SELF")
+    if person["active"] != active:
+        log.record(conn, "user.active_set", {"user_id": user_id, "active": active, "by": actor.user_id})
+    return get_user(conn, user_id)
+
+
 def issue_token(conn: sqlite3.Connection, user_id: str, ttl_s: int) -> tuple[str, int]:
     token = secrets.token_urlsafe(32)
     now = wall_ms()
@@ -112,6 +123,18 @@ def _user_added(conn: sqlite3.Connection, event: Event) -> None:
         "INSERT OR IGNORE INTO users (user_id, username, display_name, role, password_hash) VALUES (?, ?, ?, ?, ?)",
         (p["user_id"], p["username"], p["display_name"], p["role"], p["password_hash"]),
     )
+
+
+@projector("user.active_set")
+def _user_active_set(conn: sqlite3.Connection, event: Event) -> None:
+    p = event.payload
+    conn.execute(
+        "UPDATE users SET active = ?, active_hlc = ?, active_writer = ? WHERE user_id = ?"
+        " AND (active_hlc, active_writer) < (?, ?)",
+        (int(p["active"]), event.hlc, event.writer_id, p["user_id"], event.hlc, event.writer_id),
+    )
+    if not p["active"]:
+        conn.execute("DELETE FROM login_tokens WHERE user_id = ?", (p["user_id"],))
 
 
 # -- queries --------------------------------------------------------------------------------------
@@ -166,7 +189,7 @@ class LoginThrottle:
         self._attempts: dict[tuple[str, str], list[float]] = {}
         self._lock = threading.Lock()
 
-    def check(self, address: str, username: str) -> None:
+    def check(self, address: str, username: str, *, what: str = "login attempts") -> None:
         key = (address, username.strip().lower())
         now = time.monotonic()
         with self._lock:
@@ -174,7 +197,7 @@ class LoginThrottle:
             if len(recent) >= self._per_minute:
                 self._attempts[key] = recent
                 raise RateLimited(
-                    "too many login attempts; wait a minute and try again",
+                    f"too many {what}; wait a minute and try again",
                     details={"retry_after_s": int(60 - (now - recent[0])) + 1},
                 )
             recent.append(now)

@@ -45,6 +45,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "devices.manage": _MANAGERS,
     # Replication with the store's other boxes and HQ: lag, pending events, errors.
     "replication.read": _OVERSIGHT,
+    # Which box grants the store's locks: moving it voids every lease of the epoch before (DESIGN §6).
+    "locks.authority": frozenset({"admin"}),
     # HQ only (a store box answers NOT_HQ): the stores HQ holds, and writing a store's product master
     # and planned runs into its replica, which every box of that store then pulls. Only admins write:
     # an HQ account may write for any store, a wider reach than a store supervisor's over one store.

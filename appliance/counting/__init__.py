@@ -3,6 +3,32 @@
 Importing the package registers every projector the domain owns with the event log.
 """
 
-from appliance.counting import codes, conflicts, items, lifecycle, locks, photos, rollups, runs, sessions, variance
+from appliance.counting import (
+    authority,
+    codes,
+    conflicts,
+    held,
+    items,
+    lifecycle,
+    locks,
+    photos,
+    rollups,
+    runs,
+    sessions,
+    variance,
+)
 
-__all__ = ["codes", "conflicts", "items", "lifecycle", "locks", "photos", "rollups", "runs", "sessions", "variance"]
+__all__ = [
+    "authority",
+    "codes",
+    "conflicts",
+    "held",
+    "items",
+    "lifecycle",
+    "locks",
+    "photos",
+    "rollups",
+    "runs",
+    "sessions",
+    "variance",
+]

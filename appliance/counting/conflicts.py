@@ -32,7 +32,7 @@ ACTIONS = ("accept", "reject", "edit")
 _SERIALS = """
     WITH live AS (
         SELECT DISTINCT se.run_id, a.serial, a.session_id, a.product_id
-        FROM serial_adds a
+        FROM counted_serial_adds a
         LEFT JOIN serial_removes r ON r.tag = a.tag
         JOIN sessions se ON se.session_id = a.session_id
         WHERE r.tag IS NULL AND se.status != 'VOID' {run_filter}
@@ -60,14 +60,21 @@ _MFG = """
     WHERE a.name = 'mfg_date' AND a.value IS NOT NULL AND se.status != 'VOID'
       AND (a.value > date((a.hlc >> 16) / 1000, 'unixepoch') OR a.value < '1970-01-01') {run_filter}
 """
+# Late: the rack has passed to a newer lease, or the scans were made after the lock authority moved
+# past the epoch of their token (the high half of it): the store no longer honours such a lease. The
+# current token is then where the next epoch's tokens start, the same however often it moves again.
 _LATE_LEASE = """
-    SELECT se.run_id, ls.session_id, ls.rack_id, r.code AS rack, ls.writer_id, ls.token, rs.token AS current_token,
+    SELECT se.run_id, ls.session_id, ls.rack_id, r.code AS rack, ls.writer_id, ls.token,
+           CASE WHEN ls.token < rs.token THEN rs.token
+                ELSE (SELECT min(epoch) << 32 FROM lock_designations WHERE epoch > ls.token >> 32) END AS current_token,
            CAST(total(ls.qty) AS INTEGER) AS qty, json_group_array(json_array(ls.code, ls.qty)) AS codes
     FROM lease_scans ls
     JOIN sessions se ON se.session_id = ls.session_id
     JOIN rack_states rs ON rs.run_id = se.run_id AND rs.rack_id = ls.rack_id
     LEFT JOIN racks r ON r.rack_id = ls.rack_id
-    WHERE ls.token < rs.token AND se.status != 'VOID' {run_filter}
+    WHERE (ls.token < rs.token
+           OR ls.last_hlc > (SELECT min(d.hlc) FROM lock_designations d WHERE d.epoch > ls.token >> 32))
+      AND se.status != 'VOID' {run_filter}
     GROUP BY ls.session_id, ls.rack_id, ls.writer_id, ls.token
 """
 _BARCODE = """

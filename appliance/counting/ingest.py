@@ -10,6 +10,7 @@ transaction. The answer is built only after that transaction is committed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sqlite3
@@ -21,7 +22,7 @@ import msgpack
 import msgspec
 
 from appliance.auth.devices import Device
-from appliance.counting import codes, items
+from appliance.counting import admission, codes, held, items
 from appliance.counting.conflicts import detect
 from appliance.errors import BadRequest, Forbidden, ValidationFailed
 from appliance.store.eventlog import EventLog
@@ -39,6 +40,10 @@ MAX_ID = 64  # ids the box makes are 26-character ULIDs; room for other writers'
 # which costs a tenth of a pattern matched per event.
 ULID_LENGTH = 26
 _ULIDS = re.compile("(?:[0-7][0-9A-HJKMNP-TV-Z]{25})+")
+
+# How far past the box's own wall clock a handheld's hlc may move the box's clock (and server_hlc):
+# a device up to 5 minutes fast is accepted, but every other writer's time does not jump with it.
+DEVICE_HLC_LEAD_MS = 1000
 
 # Bounds are msgspec constraints, checked in C while the body is decoded, so a batch of 500 events
 # pays nothing per event for them beyond the decode itself.
@@ -250,11 +255,13 @@ class Outcome:
     errors: list[dict[str, Any]] = field(default_factory=list)
     expected_seq: int = 1
     stored: list[Event] = field(default_factory=list)
+    held: list[dict[str, Any]] = field(default_factory=list)
 
     def refuse_all(self, events: list[Event], code: str, message: str, at: int | None = None) -> Outcome:
         """Refuse the whole batch: the event at ``at`` gets ``code``, the rest NOT_PROCESSED (or all ``code``)."""
         self.ok = []
         self.stored = []
+        self.held = []
         for index, event in enumerate(events):
             if at is None or index == at:
                 self.errors.append({"seq": event.seq, "code": code, "message": message})
@@ -286,6 +293,11 @@ def precheck(device: Device, batch: WireBatch, clock: HybridClock) -> tuple[list
         return events, outcome.refuse_all(
             events, "EVENT_ID_REUSED", f"event_id {events[reused].event_id} is used twice in the batch", at=reused
         )
+    backwards = _hlc_backwards(events)
+    if backwards is not None:
+        return events, outcome.refuse_all(
+            events, "CLOCK_BACKWARDS", "an event's hlc is not above the hlc of the event before it", at=backwards
+        )
     broken = verify_chain(events[1:], events[0].hash, events[0].seq)
     if broken is not None:
         return events, outcome.refuse_all(
@@ -309,6 +321,14 @@ def precheck(device: Device, batch: WireBatch, clock: HybridClock) -> tuple[list
             except ClockDriftError as exc:
                 return events, outcome.refuse_all(events, "CLOCK_AHEAD", str(exc), at=index)
     return events, None
+
+
+def _hlc_backwards(events: list[Event]) -> int | None:
+    """The index of the first event whose hlc does not rise above the one before it in the batch."""
+    hlcs = [event.hlc for event in events]
+    if all(a < b for a, b in itertools.pairwise(hlcs)):
+        return None
+    return next(i for i in range(1, len(hlcs)) if hlcs[i] <= hlcs[i - 1])
 
 
 def _reused_in_batch(events: list[Event]) -> int | None:
@@ -362,6 +382,22 @@ def ingest(conn: sqlite3.Connection, log: EventLog, device: Device, events: list
         return outcome.refuse_all(
             events, "CHAIN_BROKEN", "the batch does not continue the stored chain", at=len(stored_part)
         )
+    if new and head["head_seq"]:
+        last_hlc = conn.execute(
+            "SELECT hlc FROM events WHERE writer_id = ? AND seq = ?", (device.writer_id, head["head_seq"])
+        ).fetchone()[0]
+        if new[0].hlc <= last_hlc:
+            return outcome.refuse_all(
+                events,
+                "CLOCK_BACKWARDS",
+                f"the hlc of seq {new[0].seq} is not above {last_hlc}, the hlc of the writer's stored seq"
+                f" {head['head_seq']}",
+                at=len(stored_part),
+            )
+    verdict = admission.admit(conn, device.writer_id, new) if new else admission.Verdict()
+    if verdict.refusal is not None:
+        refusal = verdict.refusal
+        return outcome.refuse_all(events, refusal.code, refusal.message, at=len(stored_part) + refusal.index)
     if new:
         # Optimistic: the events table's unique index refuses a reused id as the rows go in, and only
         # then is the batch looked at for which one (a lookup per batch cost every batch 3 % of ingest).
@@ -382,13 +418,21 @@ def ingest(conn: sqlite3.Connection, log: EventLog, device: Device, events: list
                 at=len(stored_part) + clash,
             )
         conn.execute("RELEASE append")
-        log.clock.observe(max(event.hlc for event in new))
+        log.clock.observe(max(event.hlc for event in new), lead_ms=DEVICE_HLC_LEAD_MS)
+        if verdict.held:
+            held.hold_checked(conn, log, verdict.held)
+            outcome.held = [
+                {"seq": e.seq, "event_id": e.event_id, "session_id": e.payload["session_id"], "reason": reason}
+                for e, reason in verdict.held
+            ]
     if new:
         last = new[-1]
         conn.execute(
             "INSERT OR REPLACE INTO chain_heads (writer_id, seq, hash, signature, signed_at) VALUES (?, ?, ?, ?, ?)",
             (device.writer_id, last.seq, last.hash, signature, wall_ms()),
         )
+    if stored_part:  # a resend after a lost answer learns again which of its events are held
+        outcome.held += held.held_answer(conn, stored_part)
     outcome.ok = [e.seq for e in events]
     outcome.stored = new
     outcome.expected_seq = events[-1].seq + 1 if new else head["head_seq"] + 1
@@ -409,10 +453,13 @@ def _kinds(conn: sqlite3.Connection, event: Event, run_id: str) -> set[str]:
     if event.type == "item.attributes_set" and "mfg_date" in p.get("attrs", {}):
         kinds.add("mfg_date_impossible")
     if event.type == "scan.recorded" and p.get("token") is not None:
+        # A token of an epoch the lock authority has since moved past is as stale as an older lease.
         current = conn.execute(
-            "SELECT token FROM rack_states WHERE run_id = ? AND rack_id = ?", (run_id, p.get("rack_id") or "")
+            "SELECT token, (SELECT coalesce(max(epoch), 0) FROM lock_designations) FROM rack_states"
+            " WHERE run_id = ? AND rack_id = ?",
+            (run_id, p.get("rack_id") or ""),
         ).fetchone()
-        if current is not None and p["token"] < current[0]:
+        if current is not None and (p["token"] < current[0] or p["token"] >> 32 < current[1]):
             kinds.add("late_lease")
     return kinds
 

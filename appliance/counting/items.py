@@ -16,7 +16,7 @@ from typing import Any
 
 from appliance.auth.people import User
 from appliance.counting.codes import MAX_CODE, PRODUCT_CODE_PREFIX, note_codes
-from appliance.counting.locks import lease_token
+from appliance.counting.locks import lease_token, session_lock
 from appliance.counting.sessions import _require_actor, get_session
 from appliance.errors import Conflict, NotFound, ValidationFailed
 from appliance.store.db import insert_rows
@@ -38,6 +38,9 @@ projection_tables(
 # 10^5, a sum reaches 2^63 only after 9.2 * 10^13 events in one session, petabytes of log that no box
 # holds, so no read or fold of stored events can overflow however many arrive.
 MAX_QTY = 100_000
+# A price in minor units (paise, cents): up to 10 million in major units, more than any shelf item costs.
+# A price is a register, never summed into a counter, so it needs no bound for sums as quantities do.
+MAX_MRP_MINOR = 1_000_000_000
 MAX_SERIAL = 64
 MAX_TEXT = 64
 ITEM_STATUSES = ("partial", "finalized", "re-verify")
@@ -61,6 +64,13 @@ def counting_session(conn: sqlite3.Connection, actor: User, session_id: str, sup
         raise Conflict(
             f"the session is {session['status']}; scans go into an IN_PROGRESS session",
             code="SESSION_NOT_IN_PROGRESS",
+        )
+    lock = session_lock(conn, session_id)
+    if lock is not None and lock["user_id"] != actor.user_id:
+        raise Conflict(
+            "another person's device holds this session's lock",
+            code="SESSION_LOCKED",
+            details={"device_id": lock["device_id"]},
         )
     return session
 
@@ -262,7 +272,7 @@ def check_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
         elif name == "mfg_date":
             clean[name] = _check_date(value, name)
         elif name == "mrp_minor":
-            clean[name] = _check_qty(value, name, allow_zero=True)
+            clean[name] = _check_mrp(value)
         elif name == "status":
             clean[name] = value if isinstance(value, str) and value in ITEM_STATUSES else _bad(name, ITEM_STATUSES)
         elif name == "condition":
@@ -271,6 +281,14 @@ def check_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
             text = value.strip() if isinstance(value, str) else ""
             clean[name] = text if len(text) > 0 and len(value) <= MAX_TEXT else _bad(name)
     return clean
+
+
+def _check_mrp(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MRP_MINOR:
+        raise ValidationFailed(
+            f"mrp_minor must be a whole number of minor units from 0 to {MAX_MRP_MINOR}", details={"field": "mrp_minor"}
+        )
+    return value
 
 
 def _check_date(value: Any, name: str) -> str:
@@ -345,7 +363,7 @@ def remove_serial(
     tags = [
         row[0]
         for row in conn.execute(
-            "SELECT a.tag FROM serial_adds a LEFT JOIN serial_removes r ON r.tag = a.tag"
+            "SELECT a.tag FROM counted_serial_adds a LEFT JOIN serial_removes r ON r.tag = a.tag"
             " WHERE a.session_id = ? AND a.product_id = ? AND a.serial = ? AND r.tag IS NULL",
             (session_id, product_id, serial.strip()),
         )
@@ -496,7 +514,7 @@ def damage_quantity(conn: sqlite3.Connection, session_id: str, product_id: str) 
 
 def item_serials(conn: sqlite3.Connection, session_id: str, product_id: str) -> list[str]:
     rows = conn.execute(
-        "SELECT DISTINCT a.serial FROM serial_adds a LEFT JOIN serial_removes r ON r.tag = a.tag"
+        "SELECT DISTINCT a.serial FROM counted_serial_adds a LEFT JOIN serial_removes r ON r.tag = a.tag"
         " WHERE a.session_id = ? AND a.product_id = ? AND r.tag IS NULL ORDER BY a.serial",
         (session_id, product_id),
     )
@@ -542,7 +560,7 @@ def session_items(conn: sqlite3.Connection, session_id: str) -> dict[str, Any]:
     ):
         item(row[0])["attributes"][row[1]] = row[2]
     for row in conn.execute(
-        "SELECT DISTINCT a.product_id, a.serial FROM serial_adds a LEFT JOIN serial_removes r ON r.tag = a.tag"
+        "SELECT DISTINCT a.product_id, a.serial FROM counted_serial_adds a LEFT JOIN serial_removes r ON r.tag = a.tag"
         " WHERE a.session_id = ? AND r.tag IS NULL ORDER BY a.serial",
         (session_id,),
     ):

@@ -5,7 +5,9 @@ vanishes. Every grant takes a fencing token, ``epoch << 32 | counter``, monotoni
 scans carry the token of the lease they were made under, so scans arriving late under a lease that
 has since passed to someone else are recognised (stored, and flagged as ``late_lease`` conflicts).
 
-Leases are the authority's own state (not events, not replicated: DESIGN §6). Every rack *move* —
+Leases are the authority's own state (not events, not replicated: DESIGN §6); which box is the
+authority, and the epoch in the high half of every token, is replicated (``appliance.counting.authority``),
+and a lease of an earlier epoch is no longer honoured once the authority has moved. Every rack *move* —
 claim, start, pause, resume, finish, release, force release, re-verify — is an event, so who did what
 and when is in the log, and the rack's state is a fold that replicas agree on: a move counts only if
 its token is the newest seen for the rack (ties by HLC).
@@ -128,10 +130,13 @@ def claim_rack(
         "SELECT state, token FROM rack_states WHERE run_id = ? AND rack_id = ?", (run_id, rack["rack_id"])
     ).fetchone()
     lease = conn.execute(
-        "SELECT * FROM rack_leases WHERE run_id = ? AND rack_id = ?", (run_id, rack["rack_id"])
+        "SELECT l.*, l.token >> 32 < (SELECT epoch FROM lock_authority) AS superseded FROM rack_leases l"
+        " WHERE run_id = ? AND rack_id = ?",
+        (run_id, rack["rack_id"]),
     ).fetchone()
     current = state["state"] if state else "available"
-    if lease is not None and lease["expires_at"] > now and current in HELD:
+    # A lease granted before the lock authority moved is not honoured: the rack is free to claim.
+    if lease is not None and lease["expires_at"] > now and current in HELD and not lease["superseded"]:
         if lease["user_id"] == actor.user_id and lease["device_id"] == device_id and lease["session_id"] == session_id:
             conn.execute(
                 "UPDATE rack_leases SET expires_at = ? WHERE run_id = ? AND rack_id = ?",
@@ -192,13 +197,20 @@ def move_rack(
     starts, target, event_type = RACK_MOVES[action]
     rack = _rack(conn, rack_code)
     lease = conn.execute(
-        "SELECT * FROM rack_leases WHERE run_id = ? AND rack_id = ?", (run_id, rack["rack_id"])
+        "SELECT l.*, l.token >> 32 < (SELECT epoch FROM lock_authority) AS superseded FROM rack_leases l"
+        " WHERE run_id = ? AND rack_id = ?",
+        (run_id, rack["rack_id"]),
     ).fetchone()
     now = wall_ms()
     if lease is None or lease["user_id"] != actor.user_id:
         raise Forbidden(f"you do not hold rack {rack['code']}", code="NOT_RACK_HOLDER")
     if lease["expires_at"] <= now:
         raise Conflict(f"your lease on rack {rack['code']} lapsed; claim it again", code="LEASE_LAPSED")
+    if lease["superseded"]:
+        raise Conflict(
+            f"your lease on rack {rack['code']} was granted before the lock authority moved; claim it again",
+            code="LEASE_LAPSED",
+        )
     state = conn.execute(
         "SELECT state FROM rack_states WHERE run_id = ? AND rack_id = ?", (run_id, rack["rack_id"])
     ).fetchone()
@@ -281,7 +293,7 @@ def lease_token(conn: sqlite3.Connection, run_id: str, rack_id: str, user_id: st
 def session_lock(conn: sqlite3.Connection, session_id: str) -> dict[str, Any] | None:
     row = conn.execute(
         "SELECT l.*, u.display_name FROM session_locks l LEFT JOIN users u ON u.user_id = l.user_id"
-        " WHERE l.session_id = ? AND l.expires_at > ?",
+        " WHERE l.session_id = ? AND l.expires_at > ? AND l.token >> 32 >= (SELECT epoch FROM lock_authority)",
         (session_id, wall_ms()),
     ).fetchone()
     if row is None:
@@ -401,20 +413,27 @@ for _event_type in EVENT_STATE:
 
 @run_projector("scan.recorded")
 def _scans_under_lease(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
-    """What each lease's scans added, one upsert per (lease, code) for a run of scans."""
-    sums: dict[tuple[str, str, str, int, str], int] = {}
+    """What each lease's scans added, one upsert per (lease, code) for a run of scans, and when the
+    newest of them was made (a scan under a lease of an epoch the store has moved past is late only
+    if it was made after the move)."""
+    sums: dict[tuple[str, str, str, int, str], list[int]] = {}
     for event in events:
         p = event.payload
         if p.get("token") is None or not p.get("rack_id"):
             continue
         key = (p["session_id"], p["rack_id"], event.writer_id, p["token"], p["code"])
-        sums[key] = sums.get(key, 0) + p["qty"]
+        entry = sums.get(key)
+        if entry is None:
+            sums[key] = [p["qty"], event.hlc]
+        else:
+            entry[0] += p["qty"]
+            entry[1] = max(entry[1], event.hlc)
     if sums:
         insert_rows(
             conn,
-            "INSERT INTO lease_scans (session_id, rack_id, writer_id, token, code, qty)",
-            [(*key, qty) for key, qty in sums.items()],
-            " ON CONFLICT DO UPDATE SET qty = qty + excluded.qty",
+            "INSERT INTO lease_scans (session_id, rack_id, writer_id, token, code, qty, last_hlc)",
+            [(*key, qty, hlc) for key, (qty, hlc) in sums.items()],
+            " ON CONFLICT DO UPDATE SET qty = qty + excluded.qty, last_hlc = max(last_hlc, excluded.last_hlc)",
         )
 
 

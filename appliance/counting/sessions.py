@@ -10,7 +10,7 @@ import sqlite3
 from typing import Any
 
 from appliance.auth.people import User
-from appliance.counting.lifecycle import ACTIVE_SESSION, SESSION_ACTIONS, SESSION_RANK, session_can
+from appliance.counting.lifecycle import ACTIVE_SESSION, SESSION_ACTIONS, SESSION_RANK, TERMINAL_SESSION, session_can
 from appliance.counting.runs import get_run, on_run_ended
 from appliance.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from appliance.store.eventlog import EventLog, new_id, projection_tables, projector
@@ -86,17 +86,29 @@ def _status(
             code="SESSION_INVALID_TRANSITION",
             details={"from": session["status"], "to": target, "action": action},
         )
-    log.record(
-        conn,
-        "session.status_changed",
-        {
-            "session_id": session["session_id"],
-            "status": target,
-            "round": session["status_round"] + (1 if action == "send_back" else 0),
-            "reason": reason,
-            "by": actor.user_id,
-        },
-    )
+    payload: dict[str, Any] = {
+        "session_id": session["session_id"],
+        "status": target,
+        "round": session["status_round"] + (1 if action == "send_back" else 0),
+        "reason": reason,
+        "by": actor.user_id,
+    }
+    if target in TERMINAL_SESSION:
+        # What the supervisor signs: anything of the session beyond this is held (counting/held.py).
+        payload["vector"] = closing_vector(conn, session["session_id"])
+    log.record(conn, "session.status_changed", payload)
+
+
+def closing_vector(conn: sqlite3.Connection, session_id: str) -> dict[str, int]:
+    """The seqs of the session's writers this box holds: what a supervisor closing it now has seen."""
+    return {
+        row[0]: row[1]
+        for row in conn.execute(
+            "SELECT w.writer_id, w.head_seq FROM session_writers s JOIN writers w ON w.writer_id = s.writer_id"
+            " WHERE s.session_id = ?",
+            (session_id,),
+        )
+    }
 
 
 def _require_actor(actor: User, session: sqlite3.Row) -> None:
@@ -313,14 +325,11 @@ def _session_status_changed(conn: sqlite3.Connection, event: Event) -> None:
 
 # -- queries --------------------------------------------------------------------------------------
 def session_dict(conn: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
-    racks = [
-        r[0]
-        for r in conn.execute(
-            "SELECT r.code FROM session_racks s JOIN racks r ON r.rack_id = s.rack_id"
-            " WHERE s.session_id = ? ORDER BY r.code",
-            (row["session_id"],),
-        )
-    ]
+    racks = conn.execute(
+        "SELECT r.code, r.rack_id FROM session_racks s JOIN racks r ON r.rack_id = s.rack_id"
+        " WHERE s.session_id = ? ORDER BY r.code",
+        (row["session_id"],),
+    ).fetchall()
     return {
         "session_id": row["session_id"],
         "run_id": row["run_id"],
@@ -330,7 +339,8 @@ def session_dict(conn: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
         "status": row["status"],
         "round": row["status_round"],
         "status_reason": row["status_reason"],
-        "racks": racks,
+        "racks": [r[0] for r in racks],
+        "rack_ids": [r[1] for r in racks],  # in the order of "racks": what a device's scans name
     }
 
 

@@ -10,7 +10,11 @@ the rules of DESIGN §4:
 * negations one writer puts on another's entry (an undo, scans voided under a lapsed lease) are not
   such a prefix, so they travel as a set, each applied once, exactly as their events' folds do;
 * attributes: last writer wins by (HLC, writer); serials: the add and remove tag sets, unioned;
-* session status and assignment: the later state by the lifecycle's rank, then (HLC, writer).
+* session status and assignment: the later state by the lifecycle's rank, then (HLC, writer);
+* events held for a supervisor (``appliance.counting.held``): the held rows of every session a page
+  touches, unioned, and the decisions on them, last writer wins. HQ folds no events in this mode, so it
+  takes the store's verdict; a closing that a concurrent send-back later overturns keeps HQ's holds,
+  the safe side (HQ under-counts until a supervisor accepts them).
 
 HQ records which store vector its rows cover; a box computes the next delta from it, and any box of
 the store may send it, since every row a box ships dominates what its events contributed.
@@ -22,6 +26,7 @@ import sqlite3
 from typing import Any
 
 from appliance.counting.codes import PRODUCT_CODE_PREFIX, note_codes, re_resolve
+from appliance.counting.held import SESSION_EVENT_TYPES
 from appliance.errors import BadRequest, Forbidden
 from appliance.store.eventlog import version_vector
 from replication.peers.store import COUNTERS
@@ -29,6 +34,24 @@ from replication.wire import vectors
 from replication.wire.codec import unpack
 from replication.wire.protocol import API_VERSION
 
+HELD_TYPES = frozenset(SESSION_EVENT_TYPES)
+HELD_COLUMNS = (
+    "event_id",
+    "origin",
+    "session_id",
+    "writer_id",
+    "seq",
+    "type",
+    "reason",
+    "kind",
+    "rack_id",
+    "code",
+    "entry_writer",
+    "product_id",
+    "dp",
+    "dn",
+    "hlc",
+)
 SESSION_COLUMNS = (
     "session_id",
     "run_id",
@@ -60,6 +83,8 @@ def export(conn: sqlite3.Connection, store_id: str, acked: dict[str, int]) -> di
     sessions: set[str] = set()
     negations: list[list[Any]] = []
     mapped: set[str] = set()
+    held_sessions: set[str] = set()  # sessions whose held events (and decisions on them) may have changed
+    decided: set[str] = set()
     for writer, head in ours.items():
         have = acked.get(writer, 0)
         if head <= have:
@@ -88,8 +113,15 @@ def export(conn: sqlite3.Connection, store_id: str, acked: dict[str, int]) -> di
                 removes.update(p["tags"])
             elif kind == "code.mapped":
                 mapped.add(p["code"])
+            elif kind == "events.held":
+                held_sessions.update(h["session_id"] for h in p["events"])
+            elif kind == "held.decided":
+                decided.update(p["event_ids"])
             if kind.startswith("session.") and "session_id" in p:
                 sessions.add(p["session_id"])
+            if kind in HELD_TYPES:
+                held_sessions.add(p["session_id"])
+    held_sessions |= _sessions_of(conn, decided)
     return {
         "v": API_VERSION,
         "mode": COUNTERS,
@@ -124,7 +156,28 @@ def export(conn: sqlite3.Connection, store_id: str, acked: dict[str, int]) -> di
         "code_mappings": _rows(
             conn, "SELECT code, product_id, hlc, writer_id FROM code_mappings WHERE code = ?", {(c,) for c in mapped}
         ),
+        "held_events": _many(
+            conn, f"SELECT {', '.join(HELD_COLUMNS)} FROM held_events WHERE session_id = ?", held_sessions
+        ),
+        "held_decisions": _many(
+            conn,
+            "SELECT d.event_id, d.decision, d.reason, d.by_user, d.at_ms, d.hlc, d.writer_id FROM held_decisions d"
+            " WHERE d.event_id IN (SELECT event_id FROM held_events WHERE session_id = ?)",
+            held_sessions,
+        ),
     }
+
+
+def _sessions_of(conn: sqlite3.Connection, event_ids: set[str]) -> set[str]:
+    return {
+        row[0]
+        for event_id in event_ids
+        for row in conn.execute("SELECT DISTINCT session_id FROM held_events WHERE event_id = ?", (event_id,))
+    }
+
+
+def _many(conn: sqlite3.Connection, sql: str, keys: set[str]) -> list[list[Any]]:
+    return [list(row) for key in sorted(keys) for row in conn.execute(sql, (key,))]
 
 
 def _rows(conn: sqlite3.Connection, sql: str, keys: set[Any]) -> list[list[Any]]:
@@ -220,4 +273,19 @@ def _merge(conn: sqlite3.Connection, page: dict[str, Any]) -> None:
         f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)}) VALUES ({', '.join('?' for _ in SESSION_COLUMNS)})"
         f" ON CONFLICT DO UPDATE SET {', '.join(sets)}",
         page["sessions"],
+    )
+    # Held events: a set, unioned (a page from any box of the store only adds to it); decisions on them
+    # last writer wins, as the event's fold does. Pages from boxes without held events carry neither.
+    conn.executemany(
+        f"INSERT OR IGNORE INTO held_events ({', '.join(HELD_COLUMNS)})"
+        f" VALUES ({', '.join('?' for _ in HELD_COLUMNS)})",
+        page.get("held_events") or [],
+    )
+    conn.executemany(
+        "INSERT INTO held_decisions (event_id, decision, reason, by_user, at_ms, hlc, writer_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET decision = excluded.decision,"
+        " reason = excluded.reason, by_user = excluded.by_user, at_ms = excluded.at_ms, hlc = excluded.hlc,"
+        " writer_id = excluded.writer_id WHERE (excluded.hlc, excluded.writer_id) > (held_decisions.hlc,"
+        " held_decisions.writer_id)",
+        page.get("held_decisions") or [],
     )

@@ -7,10 +7,11 @@ session lock made at another box is sent, node-signed, to the authority's
 named person and answers with its result or its error, which this box hands on unchanged. A verifier
 thus gets the same answer, holder's name included, whichever box their handheld talks to.
 
-Which box is the authority: the one ``lock_authority_url`` names; without that setting, the one box
-of the store whose hello answer (signed, and proved with the store secret) said it grants locks.
-Anything else (no such box yet, or two) is ``LOCK_AUTHORITY_UNKNOWN``, never a guess: two boxes
-granting locks would hand one rack to two people.
+Which box is the authority is replicated state (``appliance.counting.authority``): the box the
+store's newest designation names, reached over the replicator's link to that node (or at
+``lock_authority_url``, an explicit pointer). No designation yet is ``LOCK_AUTHORITY_UNKNOWN``, two at
+one epoch ``LOCK_AUTHORITY_CONFLICT``, never a guess: two boxes granting locks would hand one rack to
+two people.
 
 After a grant this box keeps a mirror of the lease in its own lease tables, so scans recorded here
 carry the authority's token at once and the floor map shows the holder; it then pulls from the
@@ -39,6 +40,7 @@ from appliance.auth.people import User
 from appliance.auth.permissions import allowed
 from appliance.box import Box
 from appliance.counting import locks
+from appliance.counting.authority import CONFLICT, GRANTING, conflict_error
 from appliance.errors import BadRequest, Forbidden, StockVerifyError, Unavailable, error_from
 from replication.peers.client import PeerError
 from replication.peers.replicator import Link, Replicator
@@ -72,7 +74,9 @@ class LockOp(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 def apply(conn: sqlite3.Connection, box: Box, actor: User, op: LockOp) -> dict[str, Any]:
     """Run the operation here: the lock authority does this for its own people and forwarded ones alike."""
     ttl_ms = box.settings.lease_ttl_s * 1000
-    authority = box.settings.lock_authority
+    # Checked in the write job, after any designation folded before it: a box that has just seen the
+    # authority move away hands out no further token.
+    box.authority.refuse_unless_granting()
     if op.op == "claim":
         return locks.claim_rack(
             conn,
@@ -83,7 +87,7 @@ def apply(conn: sqlite3.Connection, box: Box, actor: User, op: LockOp) -> dict[s
             session_id=op.session_id,
             device_id=op.device_id,
             ttl_ms=ttl_ms,
-            authority=authority,
+            authority=True,
         )
     if op.op == "move":
         return locks.move_rack(
@@ -94,7 +98,7 @@ def apply(conn: sqlite3.Connection, box: Box, actor: User, op: LockOp) -> dict[s
             rack_code=op.rack,
             action=op.action,
             ttl_ms=ttl_ms,
-            authority=authority,
+            authority=True,
         )
     if op.op == "lock_session":
         return locks.lock_session(
@@ -104,7 +108,7 @@ def apply(conn: sqlite3.Connection, box: Box, actor: User, op: LockOp) -> dict[s
             session_id=op.session_id,
             device_id=op.device_id or "",
             ttl_ms=ttl_ms,
-            authority=authority,
+            authority=True,
         )
     if op.op == "release_session":
         locks.release_session(conn, box.log, actor, session_id=op.session_id, reason=op.reason, force=op.force)
@@ -114,8 +118,11 @@ def apply(conn: sqlite3.Connection, box: Box, actor: User, op: LockOp) -> dict[s
 
 async def perform(box: Box, forwarder: LockForwarder | None, actor: User, op: LockOp) -> dict[str, Any]:
     """What a lock route does: grant here at the authority, or forward and hand the answer on."""
-    if box.settings.lock_authority:
+    standing = box.authority.standing()
+    if standing.role == GRANTING:
         return await box.db.awrite(lambda conn: apply(conn, box, actor, op))
+    if standing.role == CONFLICT:
+        raise conflict_error(standing)
     if forwarder is None:
         raise _unknown("this box does not grant locks and has no other box of the store to forward them to")
     return await forwarder.forward(op)
@@ -170,8 +177,7 @@ def _person(conn: sqlite3.Connection, user_id: str) -> User:
 def grant(conn: sqlite3.Connection, box: Box, op: LockOp) -> dict[str, Any]:
     """A forwarded operation, in one write job at the authority: the person looked up here (their role
     as this box knows it), their permission checked again, then the same function as for a local claim."""
-    if not box.settings.lock_authority:
-        raise Unavailable("this box does not grant the store's locks", code="NOT_LOCK_AUTHORITY")
+    box.authority.refuse_unless_granting()
     if op.op == "renew":  # extends only leases already granted to that person or device; grants nothing
         if not (op.user_id or op.device_id):
             raise BadRequest("a renewal names a person or a device", code="BAD_LOCK_REQUEST")
@@ -259,16 +265,23 @@ class LockForwarder:
         started = self._loop.time()
         answer = await self._ask(link, op)
         error = answer.get("error")
-        if isinstance(error, dict):
-            if error.get("code") == "NOT_LOCK_AUTHORITY":
+        if isinstance(error, dict) and error.get("code") == "NOT_LOCK_AUTHORITY":
+            # The authority moved and only that box has heard yet: its log says where to, so fetch it
+            # and ask the box the newer designation names, once.
+            await self._catch_up(link)
+            moved = self._authority_link()
+            if moved is link:
                 if self.box.settings.lock_authority_url:
                     raise _unknown(
-                        f"the box at {link.url} (lock_authority_url) does not grant the store's locks: set"
-                        " lock_authority = true there, or point lock_authority_url at the box that does",
+                        f"the box at {link.url} (lock_authority_url) does not grant the store's locks: point"
+                        " lock_authority_url at the box that does, or leave it empty to follow the store's designation",
                         details={"url": link.url},
                     )
-                self._lost(link)
                 raise _unknown("the box that granted the store's locks no longer does; try again in a moment")
+            link = moved
+            answer = await self._ask(link, op)
+            error = answer.get("error")
+        if isinstance(error, dict):
             raise error_from(
                 int(error.get("status") or 500),
                 str(error.get("code") or "INTERNAL"),
@@ -297,24 +310,29 @@ class LockForwarder:
             raise _unknown("this box does not grant locks and knows no other box of the store to forward them to")
         if self.box.settings.lock_authority_url:
             return replicator.peer_link(self.box.settings.lock_authority_url)
-        found: dict[str, Link] = {}
-        for link in replicator.peer_links():
-            node_id = link.client.node_id
-            if not link.lock_authority or node_id is None:
-                continue
-            if node_id not in found or (found[node_id].failing and not link.failing):
-                found[node_id] = link  # one box found at two addresses: the one that answers
-        if len(found) == 1:
-            return next(iter(found.values()))
-        if not found:
+        standing = self.box.authority.standing()
+        node_id = standing.node_id
+        if standing.role == CONFLICT:
+            raise conflict_error(standing)
+        if node_id is None:
             raise _unknown(
-                "no box of this store has said it is the lock authority yet: check that it runs and that this"
-                " box reaches it, or set lock_authority_url"
+                "no box of this store has been designated the lock authority, or its designation has not reached"
+                " this box yet: check that this box reaches the store's other boxes (peers, mDNS)"
             )
-        urls = sorted(link.url for link in found.values())
+        found: Link | None = None
+        for link in replicator.peer_links():
+            if link.client.node_id == node_id and (found is None or (found.failing and not link.failing)):
+                found = link  # one box found at two addresses: the one that answers
+        if found is not None:
+            return found
+        # Known only by replication through another box: the address it gave when it enrolled here.
+        row = self.box.db.read().execute("SELECT url FROM peers WHERE node_id = ?", (node_id,)).fetchone()
+        if row is not None and row[0]:
+            return replicator.peer_link(str(row[0]))
         raise _unknown(
-            "more than one box of this store says it is the lock authority; set lock_authority = false on all but one",
-            details={"urls": urls},
+            f"the store's lock authority is box {node_id} (epoch {standing.epoch}), which this box has no address"
+            " for yet: add it to peers, or set lock_authority_url",
+            details={"authority": node_id, "epoch": standing.epoch},
         )
 
     async def _ask(self, link: Link, op: LockOp) -> dict[str, Any]:
@@ -368,15 +386,6 @@ class LockForwarder:
                 await replicator.pull_now(link)
         except (TimeoutError, PeerError) as exc:
             log.debug("the grant's events come with the next exchange", extra={"peer": link.url, "error": str(exc)})
-
-    def _lost(self, link: Link) -> None:
-        """The box believed to be the authority says it is not (the authority was moved): ask every peer
-        again, and their hello answers say which box grants locks now."""
-        log.warning("the box at %s no longer grants locks; asking the store's boxes again", link.url)
-        link.lock_authority = False
-        replicator = self._replicator()
-        for peer in replicator.peer_links() if replicator is not None else []:
-            peer.client.node_id = None
 
     # -- heartbeats ------------------------------------------------------------------------------
     def renew_soon(self, *, user_id: str | None = None, device_id: str | None = None) -> None:

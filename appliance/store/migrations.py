@@ -586,6 +586,133 @@ def m008_events_by_hlc(conn: sqlite3.Connection) -> None:
     )
 
 
+def m009_held_events(conn: sqlite3.Connection) -> None:
+    run_script(
+        conn,
+        """
+        -- Whether a person is active is a last-writer-wins register (an admin deactivates one who left).
+        ALTER TABLE users ADD COLUMN active_hlc INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE users ADD COLUMN active_writer TEXT NOT NULL DEFAULT '';
+
+        -- The version vector of the session's writers when it was approved or voided (msgpack);
+        -- events of the session beyond it are held (appliance/counting/held.py).
+        ALTER TABLE sessions ADD COLUMN closed_vector BLOB;
+
+        -- Who wrote into each session: the writers a closing vector names.
+        CREATE TABLE session_writers (
+            session_id  TEXT NOT NULL,
+            writer_id   TEXT NOT NULL,
+            PRIMARY KEY (session_id, writer_id)
+        ) STRICT, WITHOUT ROWID;
+
+        -- Events stored but held for a supervisor, with the effect each has on the counts. An event
+        -- may be held by both rules ('closed': after the session's closing vector; 'checked': by the
+        -- box its device's batch reached); its effect is left out once.
+        CREATE TABLE held_events (
+            event_id      TEXT NOT NULL,
+            origin        TEXT NOT NULL CHECK (origin IN ('closed', 'checked')),
+            session_id    TEXT NOT NULL,
+            writer_id     TEXT NOT NULL,
+            seq           INTEGER NOT NULL,
+            type          TEXT NOT NULL,
+            reason        TEXT NOT NULL,
+            kind          TEXT NOT NULL CHECK (kind IN ('scan', 'damage', 'serial', 'none')),
+            rack_id       TEXT NOT NULL,
+            code          TEXT NOT NULL,
+            entry_writer  TEXT NOT NULL,
+            product_id    TEXT NOT NULL,
+            dp            INTEGER NOT NULL,
+            dn            INTEGER NOT NULL,
+            hlc           INTEGER NOT NULL,
+            PRIMARY KEY (event_id, origin)
+        ) STRICT, WITHOUT ROWID;
+        CREATE INDEX held_events_by_session ON held_events (session_id);
+
+        -- A supervisor's decision per held event: last writer wins by (hlc, writer_id).
+        CREATE TABLE held_decisions (
+            event_id   TEXT PRIMARY KEY,
+            decision   TEXT NOT NULL CHECK (decision IN ('accepted', 'rejected')),
+            reason     TEXT NOT NULL,
+            by_user    TEXT NOT NULL,
+            at_ms      INTEGER NOT NULL,
+            hlc        INTEGER NOT NULL,
+            writer_id  TEXT NOT NULL
+        ) STRICT;
+
+        -- Held events not accepted, one row each, with their effect.
+        CREATE VIEW held_open AS
+            SELECT event_id, session_id, kind, rack_id, code, entry_writer, product_id, dp, dn
+            FROM held_events
+            WHERE event_id NOT IN (SELECT event_id FROM held_decisions WHERE decision = 'accepted')
+            GROUP BY event_id;
+
+        -- What counts: every counter entry but those held back by quarantine, less held events.
+        DROP VIEW counted_scans;
+        CREATE VIEW counted_scans AS
+            SELECT c.session_id, c.rack_id, c.code, c.writer_id,
+                   c.p - coalesce(h.dp, 0) AS p, c.n - coalesce(h.dn, 0) AS n, c.u, c.last_hlc
+            FROM scan_counts c
+            LEFT JOIN (
+                SELECT session_id, rack_id, code, entry_writer, sum(dp) AS dp, sum(dn) AS dn
+                FROM held_open WHERE kind = 'scan' GROUP BY session_id, rack_id, code, entry_writer
+            ) h ON h.session_id = c.session_id AND h.rack_id = c.rack_id AND h.code = c.code
+               AND h.entry_writer = c.writer_id
+            WHERE NOT EXISTS (
+                SELECT 1 FROM quarantined q
+                WHERE q.writer_id = c.writer_id AND q.session_id = c.session_id
+                  AND coalesce(q.decision, '') != 'accepted'
+            );
+        DROP VIEW counted_damage;
+        CREATE VIEW counted_damage AS
+            SELECT c.session_id, c.product_id, c.writer_id,
+                   c.p - coalesce(h.dp, 0) AS p, c.n - coalesce(h.dn, 0) AS n
+            FROM damage_counts c
+            LEFT JOIN (
+                SELECT session_id, product_id, entry_writer, sum(dp) AS dp, sum(dn) AS dn
+                FROM held_open WHERE kind = 'damage' GROUP BY session_id, product_id, entry_writer
+            ) h ON h.session_id = c.session_id AND h.product_id = c.product_id AND h.entry_writer = c.writer_id
+            WHERE NOT EXISTS (
+                SELECT 1 FROM quarantined q
+                WHERE q.writer_id = c.writer_id AND q.session_id = c.session_id
+                  AND coalesce(q.decision, '') != 'accepted'
+            );
+        CREATE VIEW counted_serial_adds AS
+            SELECT a.* FROM serial_adds a
+            WHERE a.tag NOT IN (SELECT event_id FROM held_open WHERE kind = 'serial');
+        """,
+    )
+    # Sessions written into before this version: the writers a closing vector will name.
+    for session_id, writer_id in conn.execute(
+        "SELECT DISTINCT session_id, writer_id FROM scan_counts UNION SELECT DISTINCT session_id, writer_id"
+        " FROM damage_counts"
+    ).fetchall():
+        conn.execute(
+            "INSERT OR IGNORE INTO session_writers (session_id, writer_id) VALUES (?, ?)", (session_id, writer_id)
+        )
+
+
+def m010_lock_designations(conn: sqlite3.Connection) -> None:
+    run_script(
+        conn,
+        """
+        -- Which box grants the store's locks, for which epoch (appliance/counting/authority.py): every
+        -- designation is kept; the highest epoch wins, and two boxes at that epoch are a conflict.
+        CREATE TABLE lock_designations (
+            epoch      INTEGER NOT NULL,
+            node_id    TEXT NOT NULL,
+            by_user    TEXT NOT NULL,
+            hlc        INTEGER NOT NULL,
+            writer_id  TEXT NOT NULL,
+            PRIMARY KEY (epoch, node_id)
+        ) STRICT, WITHOUT ROWID;
+
+        -- The newest hlc among a lease's scans: a scan under a token of an epoch the store has moved
+        -- past is late only if it was made after the move (appliance/counting/conflicts.py).
+        ALTER TABLE lease_scans ADD COLUMN last_hlc INTEGER NOT NULL DEFAULT 0;
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, Migration]] = [
     (1, m001_foundation),
     (2, m002_login_tokens),
@@ -595,6 +722,8 @@ MIGRATIONS: list[tuple[int, Migration]] = [
     (6, m006_replication),
     (7, m007_sku_nocase),
     (8, m008_events_by_hlc),
+    (9, m009_held_events),
+    (10, m010_lock_designations),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -22,6 +22,7 @@ from replication.wire.codec import CodecError, canonical
 MAX_CODE = 64
 MAX_SERIAL = 64
 MAX_QTY = 100_000  # every quantity an event carries, so that no sum the box keeps can overflow
+MAX_MRP_MINOR = 1_000_000_000  # a price in minor units; a register, never summed
 MAX_ID = 64
 MAX_TOKEN = 2**63 - 1
 CONDITIONS = ("good", "damaged", "expired", "opened", "repackaged", "other")
@@ -100,6 +101,12 @@ def _at_least_zero(name: str, value: Any) -> None:
         raise PayloadError(f"{name} must be from 0 to {MAX_QTY}")
 
 
+def _price(name: str, value: Any) -> None:
+    _int(name, value)
+    if not 0 <= value <= MAX_MRP_MINOR:
+        raise PayloadError(f"{name} must be from 0 to {MAX_MRP_MINOR}")
+
+
 def _id_list(name: str, value: Any) -> None:
     if not isinstance(value, list) or not all(isinstance(item, str) and len(item) <= MAX_ID for item in value):
         raise PayloadError(f"{name} must be a list of ids of at most {MAX_ID} characters")
@@ -135,7 +142,7 @@ def _one_of(choices: tuple[str, ...]) -> Check:
 
 _ATTRIBUTES: dict[str, Check] = {
     "mfg_date": _date,
-    "mrp_minor": _at_least_zero,
+    "mrp_minor": _price,
     "uom": _sized(64),  # §5 says only "str"; a blank or endless one is refused by the box and is no UOM
     "condition": _one_of(CONDITIONS),
     "category": _sized(64),

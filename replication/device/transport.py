@@ -103,8 +103,9 @@ async def request(
     params: dict[str, str] | None = None,
     as_json: bool = False,
 ) -> dict[str, Any]:
-    """One call to the box; the answer's map, or a ``SyncError``."""
-    headers = _device(token) if token else {}
+    """One call to the box, in msgpack unless ``as_json`` (pairing, which is not a sync request); the
+    answer's map, or a ``SyncError``."""
+    headers = {**(_device(token) if token else {}), "Accept": "application/json" if as_json else MSGPACK}
     data = None
     if body is not None:
         data = json.dumps(body).encode() if as_json else pack(body)
@@ -202,13 +203,9 @@ async def heartbeat(
     app_version: str,
     session_id: str | None = None,
 ) -> dict[str, Any]:
-    """Renew the device's leases and tell the box how deep the queue is.
-
-    Sent as JSON, which §3 allows: the box reads heartbeats as JSON only so far (a msgpack heartbeat is
-    answered ``400 BAD_REQUEST``), and a heartbeat is a few bytes either way.
-    """
+    """Renew the device's leases and tell the box how deep the queue is."""
     body = {"queue_depth": queue_depth, "app_version": app_version, "session_id": session_id}
-    return await request(http, "POST", _url(base_url, "/api/sync/heartbeat"), token=token, body=body, as_json=True)
+    return await request(http, "POST", _url(base_url, "/api/sync/heartbeat"), token=token, body=body)
 
 
 async def pull(http: aiohttp.ClientSession, base_url: str, token: str, session_id: str) -> dict[str, Any]:

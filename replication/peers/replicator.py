@@ -48,6 +48,7 @@ class Link:
     their: dict[str, int] = field(default_factory=dict)  # HQ: what it holds (log) or covers (counters)
     failing: bool = False
     lock_authority: bool = False  # its last hello said it grants the store's locks
+    lock_epoch: int = 0  # the epoch of the store's lock authority as its last hello gave it
     noted: tuple[str, float] | None = None  # the code of the failure last written to its status row, and when
 
 
@@ -59,8 +60,12 @@ class Replicator:
         settings: LinkSettings,
         http: aiohttp.ClientSession,
         discovered: Callable[[], list[str]] | None = None,
+        hello_heard: Callable[[str, bool, int], None] | None = None,
     ) -> None:
         self.me = me
+        # Told of every peer's hello answer (node id, whether it grants locks, at which epoch): a box
+        # that grants learns at once that another box of the store says it does too.
+        self._hello_heard = hello_heard
         self.store = store
         self.settings = settings
         self.http = http
@@ -187,6 +192,10 @@ class Replicator:
         if not self.store.is_enrolled(node_id, store_id, expected, key, link.url):
             await self.store.enrol(node_id, store_id, expected, key, link.url)
         link.lock_authority = link.kind == "peer" and answer.get("lock_authority") is True
+        epoch = answer.get("lock_epoch")
+        link.lock_epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
+        if link.kind == "peer" and self._hello_heard is not None:
+            self._hello_heard(node_id, link.lock_authority, link.lock_epoch)
         if link.kind == "hq":
             link.their = dict(answer["covered"] if self.settings.hq_mode == COUNTERS else answer["vector"])
         log.info(

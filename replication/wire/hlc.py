@@ -59,11 +59,17 @@ class HybridClock:
         if ahead > self._max_drift_ms:
             raise ClockDriftError(f"timestamp is {ahead} ms ahead of this box's clock")
 
-    def observe(self, remote: int) -> int:
-        """Move past a timestamp received from another writer; refuse one too far in the future."""
+    def observe(self, remote: int, *, lead_ms: int | None = None) -> int:
+        """Move past a timestamp received from another writer; refuse one too far in the future.
+
+        ``lead_ms`` bounds how far past this clock's wall time the remote may pull it: a handheld's clock
+        a few minutes fast is accepted, but it must not drag every other writer's time along with it.
+        """
         with self._lock:
             wall = self._wall()
             if physical_ms(remote) - wall > self._max_drift_ms:
                 raise ClockDriftError(f"timestamp is {physical_ms(remote) - wall} ms ahead of this box's clock")
+            if lead_ms is not None:
+                remote = min(remote, encode(wall + lead_ms, 0))
             self._last = max(encode(wall, 0), self._last + 1, remote + 1)
             return self._last

@@ -25,7 +25,7 @@ def test_first_start_creates_store_key_and_schema(settings: Settings) -> None:
         assert writer["kind"] == "box"
         assert writer["public_key"] == public_bytes(box.node.key)
         types = [row[0] for row in conn.execute("SELECT type FROM events ORDER BY seq")]
-        assert types == ["writer.enrolled", "store.created"]
+        assert types == ["writer.enrolled", "store.created", "lock_authority.designated"]  # the store's first box
         assert conn.execute("SELECT name FROM stores").fetchone()[0] == settings.store_name
     finally:
         box.close()
@@ -43,7 +43,7 @@ def test_second_start_reuses_store_and_key(settings: Settings) -> None:
         assert (settings.keys_dir / KEY_FILE).read_bytes() == key_bytes
         conn = second.db.read()
         assert conn.execute("SELECT count(*) FROM node").fetchone()[0] == 1
-        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 2
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 3  # no second designation
         assert verify_writer_chain(conn, node_id).ok
     finally:
         second.close()

@@ -73,7 +73,7 @@ def test_rebuild_command(runner: CliRunner, tmp_path: Path) -> None:
     open_box(make_settings(tmp_path)).close()
     result = runner.invoke(main, ["rebuild", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "from 2 events" in result.output
+    assert "from 3 events" in result.output  # writer.enrolled, store.created, lock_authority.designated
 
 
 def test_rebuild_keeps_whoever_is_logged_in(runner: CliRunner, tmp_path: Path) -> None:

@@ -59,12 +59,14 @@ class Device:
     user_id: str
     seq: int = 0
     head: bytes = ZERO_HASH
+    hlc: int = 0  # the last event's: each new one is above it (docs/sync-protocol.md §1)
 
     def events(self, codes: list[str], count: int) -> list[Event]:
         """The next ``count`` scans of this device's chain."""
         made = []
         for _ in range(count):
             now = wall_ms()
+            self.hlc = max(now << 16, self.hlc + 1)
             event = Event(
                 writer_id=self.writer_id,
                 seq=self.seq + 1,
@@ -79,7 +81,7 @@ class Device:
                     "token": None,
                     "by": self.user_id,
                 },
-                hlc=now << 16,
+                hlc=self.hlc,
                 prev_hash=self.head,
                 occurred_at=now,
             )

@@ -30,6 +30,7 @@ class CountingBox:
         self.auditor = server.client(server.login("auditor", DEMO_PASSWORDS["auditor"]))
         self.verifier_id: str = self.verifier.get("/api/auth/me").json()["user_id"]
         self._racks = iter(f"G-{n:02d}" for n in range(1, 100))
+        self._rack_ids: dict[str, str] = {}
 
     @property
     def url(self) -> str:
@@ -54,6 +55,12 @@ class CountingBox:
         started = self.verifier.post(f"/api/sessions/{session_id}/start")
         assert started.status_code == 200, started.text
         return session_id
+
+    def rack_id(self, session_id: str) -> str:
+        """The id of the session's rack: what a device's scans name (not the code on the shelf)."""
+        if session_id not in self._rack_ids:
+            self._rack_ids[session_id] = self.boss.get(f"/api/sessions/{session_id}").json()["rack_ids"][0]
+        return self._rack_ids[session_id]
 
     def finish(self, session_id: str) -> None:
         """Submit the session so the demo verifier is free for the next one (one active session each)."""
@@ -129,7 +136,7 @@ def scan_payload(box: CountingBox, session_id: str, code: str = "4006381333931",
         "session_id": session_id,
         "code": code,
         "qty": 1,
-        "rack_id": "",
+        "rack_id": fields.pop("rack_id") if "rack_id" in fields else box.rack_id(session_id),
         "product_id": None,
         "token": None,
         "by": box.verifier_id,

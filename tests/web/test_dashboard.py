@@ -8,9 +8,16 @@ import time
 from typing import Any
 
 import httpx
+import msgpack
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from ulid import ULID
 
 from appliance.counting.variance import REASON_CODES
+from appliance.store.identity import public_bytes
+from replication.device.transport import batch_body
+from replication.wire.codec import ZERO_HASH, Event
+from replication.wire.hlc import HybridClock
 from tests.web.conftest import EXPECTED, Tab
 from tests.web.scenario import SPARE_VERIFIERS, CountScenario
 
@@ -313,3 +320,113 @@ def test_reason_codes_on_the_page_are_the_boxs() -> None:
     block = re.search(r"export const REASON_CODES = \[(.*?)\];", source, re.DOTALL)
     assert block is not None
     assert re.findall(r'"([A-Z_]+)"', block.group(1)) == list(REASON_CODES)
+
+
+class _Handheld:
+    """A paired device of its own that sends real signed batches, as ``tests/appliance/counting/test_held.py``'s."""
+
+    def __init__(self, count: CountScenario, name: str) -> None:
+        self.url = count.server.url
+        self.key = Ed25519PrivateKey.generate()
+        code = count.ok("supervisor", "POST", "/api/devices/pairing-codes")["code"]
+        paired = httpx.post(
+            self.url + "/api/devices/pair",
+            json={"code": code, "name": name, "public_key": public_bytes(self.key).hex()},
+            timeout=30,
+        ).json()
+        self.writer_id: str = paired["writer_id"]
+        self.headers = {"Authorization": f"Device {paired['device_token']}", "Content-Type": "application/msgpack"}
+        self.clock = HybridClock()
+        self.seq, self.prev = 0, ZERO_HASH
+
+    def scans(self, payload: dict[str, Any], quantities: list[int]) -> dict[str, Any]:
+        events = []
+        for qty in quantities:
+            self.seq += 1
+            event = Event(
+                self.writer_id,
+                self.seq,
+                str(ULID()),
+                "scan.recorded",
+                {**payload, "qty": qty},
+                self.clock.now(),
+                self.prev,
+            )
+            self.prev = event.hash
+            events.append(event)
+        answer = httpx.post(
+            self.url + "/api/sync/batch",
+            content=msgpack.packb(batch_body(self.writer_id, events, self.key), use_bin_type=True),
+            headers=self.headers,
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.content
+        body: dict[str, Any] = msgpack.unpackb(answer.content)
+        assert body["ok"] == [e.seq for e in events] and not body["errors"], body
+        return body
+
+
+def test_a_supervisor_accepts_scans_held_after_an_approval(count: CountScenario, tabs: Any) -> None:
+    # A session nobody else uses (the second spare verifier), on a rack and a SKU the scenario leaves alone.
+    counter = SPARE_VERIFIERS[1]
+    made = count.ok("supervisor", "POST", f"/api/runs/{count.run_id}/sessions", {"verifier": counter})
+    session_id = made["session_id"]
+    count.ok(counter, "POST", f"/api/sessions/{session_id}/start")
+    rack = "G-40"
+    [rack_id] = [r["rack_id"] for r in count.ok("supervisor", "GET", "/api/racks?floor=G") if r["code"] == rack]
+    sku = count.skus[55]["sku"]
+    device = _Handheld(count, "Handheld 7")
+    scan = {
+        "session_id": session_id,
+        "code": sku,
+        "rack_id": rack_id,
+        "product_id": None,
+        "token": None,
+        "by": made["verifier_id"],
+    }
+    assert not device.scans(scan, [2])["held"]
+    count.ok(counter, "POST", f"/api/sessions/{session_id}/submit")
+    count.ok("supervisor", "POST", f"/api/sessions/{session_id}/approve")
+
+    def counted() -> int:
+        items = count.ok("supervisor", "GET", f"/api/sessions/{session_id}")["items"]
+        return sum(int(i["qty"]) for i in items)
+
+    assert counted() == 2
+    boss, auditor = tabs("supervisor"), tabs("auditor")
+    for tab in (boss, auditor):
+        tab.visit("conflicts")
+        tab.wait_live()
+    group = f"li[data-session='{session_id}']"
+    assert boss.page.locator(group).count() == 0
+
+    # The handheld, offline meanwhile, sends three more scans: stored, held, and shown without a reload.
+    late = device.scans(scan, [20, 20, 10])
+    assert [h["reason"] for h in late["held"]] == ["SESSION_APPROVED"] * 3
+    assert counted() == 2
+    for tab in (boss, auditor):
+        tab.page.wait_for_selector(f"{group}[data-decision='open']", timeout=10000)
+        text = tab.page.locator(group).inner_text()
+        assert "Session of Sam" in text
+        assert "Handheld 7 sent 3 scans (50 units) on rack G-40 after the session was approved — not counted." in text
+    assert auditor.page.locator(group).locator("button").count() == 0  # an auditor reads, never decides
+    assert auditor.actions() == 0
+
+    boss.page.locator(group).get_by_role("button", name="Accept").click()
+    dialog = boss.page.locator("dialog[open]")
+    dialog.get_by_label("Reason (kept in the log)").fill("the 50 are on the shelf")
+    dialog.get_by_role("button", name="Accept").click()
+    boss.page.wait_for_selector("dialog[open]", state="detached")
+    boss.page.wait_for_selector(group, state="detached")  # the page shows open events only
+    auditor.page.wait_for_selector(group, state="detached", timeout=10000)  # told by the live stream
+
+    assert counted() == 52
+    decided = count.ok("supervisor", "GET", f"/api/held?session_id={session_id}&status=decided")
+    assert [(d["qty"], d["decision"], d["decision_reason"]) for d in decided] == [
+        (q, "accepted", "the 50 are on the shelf") for q in (20, 20, 10)
+    ]
+    boss.page.select_option("#conflict-status", "all")
+    boss.page.wait_for_selector(f"{group}[data-decision='accepted']")
+    text = boss.page.locator(group).inner_text()
+    assert "accepted by a supervisor: counted" in text and "the 50 are on the shelf" in text
+    assert boss.page.locator(group).locator("button").count() == 0

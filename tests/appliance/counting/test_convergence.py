@@ -46,9 +46,14 @@ PROJECTIONS = (
     "serial_removes",
     "photos",
     "conflict_resolutions",
+    "session_writers",
+    "held_events",
+    "held_decisions",
     "products",
     "product_codes",
 )
+# What every total is read from: the counters less what is held (and quarantined).
+COUNTED = ("counted_scans", "counted_damage", "counted_serial_adds")
 
 CATALOG = (
     b"sku,barcodes,name,category,uom,mrp,expected_qty\nSKU-A,4006381333931,Alpha,Food,EA,10.00,5\n"
@@ -108,6 +113,8 @@ def _events(draw: st.DrawFn, ctx: dict[str, Any]) -> list[Event]:
                     "serial_remove",
                     "map",
                     "status",
+                    "status",
+                    "decide",
                     "resolve",
                 ]
             )
@@ -189,13 +196,24 @@ def _events(draw: st.DrawFn, ctx: dict[str, Any]) -> list[Event]:
                 {"code": draw(st.sampled_from(["UNKNOWN-1", "UNKNOWN-2"])), "product_id": product, "by": writer},
             )
         elif kind == "status":
+            status = draw(st.sampled_from(STATUSES))
+            payload = {
+                "session_id": session,
+                "status": status,
+                "round": draw(st.integers(0, 2)),
+                "reason": "",
+                "by": writer,
+            }
+            if status in ("APPROVED", "VOID"):  # what the closing box held: later events are held
+                payload["vector"] = {w: draw(st.integers(0, 12)) for w in draw(st.sets(st.sampled_from(WRITERS)))}
+            etype = "session.status_changed"
+        elif kind == "decide" and out:
             etype, payload = (
-                "session.status_changed",
+                "held.decided",
                 {
-                    "session_id": session,
-                    "status": draw(st.sampled_from(STATUSES)),
-                    "round": draw(st.integers(0, 2)),
-                    "reason": "",
+                    "event_ids": [e.event_id for e in draw(st.lists(st.sampled_from(out), min_size=1, max_size=3))],
+                    "decision": draw(st.sampled_from(["accepted", "rejected"])),
+                    "reason": "r",
                     "by": writer,
                 },
             )
@@ -227,7 +245,8 @@ def _snapshot(box: Box) -> dict[str, Any]:
     conn = box.db.read()
     tables = {t: sorted(tuple(r) for r in conn.execute(f"SELECT * FROM {t}")) for t in PROJECTIONS}
     found = sorted((c["conflict_id"], c["status"]) for c in conflicts.conflicts(conn, status="all"))
-    return {**tables, "conflicts": found}
+    counted = {v: sorted(tuple(r) for r in conn.execute(f"SELECT * FROM {v}")) for v in COUNTED}
+    return {**tables, **counted, "conflicts": found}
 
 
 def _differences(got: dict[str, Any], want: dict[str, Any]) -> dict[str, Any]:

@@ -69,7 +69,7 @@ class Handheld:
     last_failure: str = ""
     problems: list[str] = field(default_factory=list)
 
-    def make(self, session_id: str, by: str, products: list[dict[str, str]]) -> Event:
+    def make(self, session_id: str, rack_id: str, by: str, products: list[dict[str, str]]) -> Event:
         """The device's next event, chained to the one before (a scan, mostly)."""
         seq = len(self.events) + 1
         prev = self.events[-1].hash if self.events else ZERO_HASH
@@ -82,7 +82,7 @@ class Handheld:
                 "session_id": session_id,
                 "code": code,
                 "qty": self.rng.choice((1, 1, 1, 2, 6, 12)),
-                "rack_id": "",
+                "rack_id": rack_id,
                 "product_id": None,
                 "token": None,
                 "by": by,
@@ -384,6 +384,7 @@ def test_acknowledged_events_survive_the_box_being_killed_under_load(tmp_path: P
         server.wait_ready()
         box = CountingBox(server)
         session_id = box.counting_session()
+        rack_id = box.rack_id(session_id)
         products = box.products(4)
         devices = asyncio.run(_pair(box, rng, DEVICES))
         with contextlib.closing(_read_only(server.data_dir / "store.db")) as conn:
@@ -391,7 +392,12 @@ def test_acknowledged_events_survive_the_box_being_killed_under_load(tmp_path: P
         for client in (box.boss, box.verifier, box.auditor):
             client.close()  # still logged in: the rebuild at the end keeps their tokens
 
-        floor = Floor(seed, server, devices, {"session_id": session_id, "by": box.verifier_id, "products": products})
+        floor = Floor(
+            seed,
+            server,
+            devices,
+            {"session_id": session_id, "rack_id": rack_id, "by": box.verifier_id, "products": products},
+        )
         try:
             asyncio.run(floor.run())
         except Exception as exc:

@@ -99,12 +99,14 @@ def test_a_2000_scans_made_while_the_box_is_down_are_stored_exactly_once(store: 
     device_dir = tmp_path / "handheld-a"
     writer = pair_device(box, device_dir, "Handheld A")
     session = box.counting_session()
+    rack = box.rack_id(session)
     [product] = box.products(1)
 
     store.down()
     scanned = device_cli(
         "simulate",
-        *("--data-dir", str(device_dir), "--session", session, "--codes", product["barcode"]),
+        *("--data-dir", str(device_dir), "--session", session, "--rack", rack),
+        *("--codes", product["barcode"]),
         *("--rate", "0", "--count", "2000", "--by", box.verifier_id),
     )
     assert scanned.returncode == 0, scanned.stderr
@@ -164,7 +166,8 @@ def test_c_a_sender_killed_mid_send_resumes_with_no_loss_and_no_duplicate(store:
     total = 3000
     made = device_cli(
         "simulate",
-        *("--data-dir", str(device_dir), "--session", session, "--codes", "4006381333931"),
+        *("--data-dir", str(device_dir), "--session", session, "--rack", box.rack_id(session)),
+        *("--codes", "4006381333931"),
         *("--rate", "0", "--count", str(total), "--by", box.verifier_id),
     )
     assert made.returncode == 0, made.stderr

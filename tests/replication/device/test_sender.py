@@ -168,6 +168,7 @@ def test_waits_for_a_box_that_is_down_and_splits_a_batch_it_finds_too_large(
         box = CountingBox(server)
         outbox = paired_outbox(box, tmp_path / "device", "Sender backoff")
         session = box.counting_session()
+        box.rack_id(session)  # known before the box goes down, as a device knows it
     finally:
         server.stop()
     for _ in range(300):

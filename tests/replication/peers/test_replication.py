@@ -58,6 +58,8 @@ class Fleet:
                 "STOCKVERIFY_PEERS": ",".join(self.links[(name, y)].url for y in NAMES if y != name),
                 "STOCKVERIFY_REPLICATE_EVERY_S": "0.2",
             }
+            if name != "a":
+                env["STOCKVERIFY_LOCK_AUTHORITY"] = "false"  # b and c join a's store, whose authority a is
             args = ("--demo",) if name == "a" else ()
             self.boxes[name] = _start(root / name, ports[name], *args, env=env)
         # A box of another store that reports to the same HQ.
@@ -172,13 +174,14 @@ def test_three_boxes_and_hq_converge_through_random_partitions(fleet: Fleet, tmp
         )
         assert made.status_code == 201, made.text
     run_id = boss_a.post("/api/runs", json={"name": "three boxes", "kind": "hard"}).json()["run_id"]
-    sessions = []
+    sessions, racks = [], []
     for n in range(3):
         made = boss_a.post(
             f"/api/runs/{run_id}/sessions", json={"racks": [f"G-{n + 1:02d}"], "verifier": f"counter{n}"}
         )
         assert made.status_code == 201, made.text
         sessions.append(made.json()["session_id"])
+        racks.append(made.json()["rack_ids"][0])
     assert boss_a.post(f"/api/runs/{run_id}/start").status_code == 200
     fleet.wait_converged()
 
@@ -197,7 +200,7 @@ def test_three_boxes_and_hq_converge_through_random_partitions(fleet: Fleet, tmp
         outbox = _pair(box, _client(box, "supervisor", DEMO_PASSWORDS["supervisor"]), tmp_path / name, f"hh-{name}")
         for i in range(SCANS):
             product_id, code = barcodes[i % len(barcodes)]
-            payload = {"session_id": sessions[n], "code": code, "qty": 1, "rack_id": "", "product_id": None}
+            payload = {"session_id": sessions[n], "code": code, "qty": 1, "rack_id": racks[n], "product_id": None}
             outbox.append("scan.recorded", {**payload, "token": None, "by": by})
             if i % 40 == 0:
                 serial = {"session_id": sessions[n], "product_id": product_id, "serial": f"SN-{name}-{i}", "by": by}

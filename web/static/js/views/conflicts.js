@@ -106,6 +106,176 @@ function editsOf(conflict, values) {
   }
 }
 
+// -- held events -----------------------------------------------------------------------------------
+// What a handheld sent that could not count as it arrived (docs/sync-protocol.md §4.3): stored, left out
+// of every count until a supervisor accepts it. Shown in groups: one session, one device, one reason.
+
+const HELD_BECAUSE = {
+  SESSION_APPROVED: "after the session was approved",
+  SESSION_VOID: "after the session was voided",
+  SESSION_NOT_IN_PROGRESS: "while the session was not in progress (not started yet, or already submitted)",
+  NOT_ASSIGNED: "into a session given to another device or verifier",
+  SESSION_LOCKED: "while another device held the session",
+  PERSON_INACTIVE: "in the name of a person who is deactivated or may not count",
+};
+const HELD_WHAT = {
+  "scan.recorded": ["scan", "scans"],
+  "scan.undone": ["undone scan", "undone scans"],
+  "count.adjusted": ["quantity correction", "quantity corrections"],
+  "damage.adjusted": ["damage change", "damage changes"],
+  "item.attributes_set": ["change to an item's details", "changes to items' details"],
+  "serial.added": ["serial added", "serials added"],
+  "serial.removed": ["serial removed", "serials removed"],
+};
+const HELD_UNITS = new Set(["scan.recorded", "scan.undone", "count.adjusted"]);
+const HELD_OUTCOME = {
+  open: "not counted",
+  accepted: "accepted by a supervisor: counted",
+  rejected: "rejected by a supervisor: never counted (kept in the log)",
+};
+// The page's "Show" filter in the held list's terms.
+const HELD_STATUS = { open: "open", resolved: "decided", all: "all" };
+
+function plural(n, [one, many]) {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+function listed(parts) {
+  return parts.length < 2 ? parts.join("") : `${parts.slice(0, -1).join(", ")} and ${parts.at(-1)}`;
+}
+
+function heldGroups(rows) {
+  const groups = new Map();
+  for (const row of rows) {
+    const decision = row.decision || "open";
+    const key = [row.session_id, row.writer_id, row.reasons.join("+"), decision].join("|");
+    if (!groups.has(key)) groups.set(key, { key, session_id: row.session_id, run_id: row.run_id, writer_name: row.writer_name, reasons: row.reasons, decision, events: [] });
+    groups.get(key).events.push(row);
+  }
+  return [...groups.values()];
+}
+
+export function describeHeld(group) {
+  const types = new Map();
+  for (const event of group.events) types.set(event.type, (types.get(event.type) || 0) + 1);
+  const what = listed([...types].map(([type, n]) => plural(n, HELD_WHAT[type] || ["change", "changes"])));
+  const counted = group.events.filter((event) => HELD_UNITS.has(event.type));
+  const units = counted.length ? ` (${plural(counted.reduce((sum, event) => sum + event.qty, 0), ["unit", "units"])})` : "";
+  const racks = [...new Set(group.events.map((event) => event.rack).filter(Boolean))].sort();
+  const where = racks.length ? ` on rack${racks.length === 1 ? "" : "s"} ${racks.join(", ")}` : "";
+  const why = listed(group.reasons.map((reason) => HELD_BECAUSE[reason] || `(held: ${reason})`));
+  return `${group.writer_name || "A device"} sent ${what}${units}${where} ${why} — ${HELD_OUTCOME[group.decision] || group.decision}.`;
+}
+
+/** Names for the sessions held events name: "Session of Sam", from the sessions and the people who count. */
+async function learnSessions(ctx, known, sessionIds) {
+  if (sessionIds.every((id) => known.sessions.has(id))) return;
+  const [sessions, people] = await Promise.all([get("/api/sessions"), known.people || (ctx.can("runs.read") ? get("/api/counters") : [])]);
+  known.people = people;
+  const names = new Map(people.map((person) => [person.user_id, person.display_name || person.username]));
+  for (const session of sessions) known.sessions.set(session.session_id, names.get(session.verifier_id) || null);
+  for (const id of sessionIds) if (!known.sessions.has(id)) known.sessions.set(id, null); // asked once, not at every draw
+}
+
+function sessionLabel(known, runs, group, showRun) {
+  const name = known.sessions.get(group.session_id);
+  const label = name ? `Session of ${name}` : `Session …${group.session_id.slice(-6)}`;
+  const run = showRun ? runs.find((r) => r.run_id === group.run_id) : null;
+  return run ? `${label} · ${run.name}` : label;
+}
+
+async function decideHeld(group, decision, reason) {
+  const ids = group.events.map((event) => event.event_id);
+  for (let at = 0; at < ids.length; at += 1000) {
+    await post("/api/held/decide", { event_ids: ids.slice(at, at + 1000), decision, reason });
+  }
+}
+
+function heldSection(ctx, state, runs) {
+  const known = { sessions: new Map(), people: null };
+  const list = h("div", { "aria-live": "polite" });
+  const element = h(
+    "section",
+    { "aria-labelledby": "held-title" },
+    h("h2", { id: "held-title" }, "Held for a supervisor"),
+    h("p", { class: "muted" }, "What a handheld sent that could not count as it arrived: it is stored, and counts only once a supervisor accepts it. Rejected, it never counts but stays in the log."),
+    list,
+  );
+
+  const decided = (done, text) => {
+    if (done) {
+      toast(text);
+      draw();
+    }
+  };
+
+  function buttons(group) {
+    if (group.decision !== "open") return [];
+    const n = group.events.length;
+    return [
+      action(ctx, "conflicts.resolve", "Accept", () =>
+        formDialog({
+          title: `Accept what ${group.writer_name || "the device"} sent`,
+          intro: `${describeHeld(group)} Accepted, ${n === 1 ? "it counts" : "they count"} from now on.`,
+          fields: [{ name: "reason", label: "Reason (kept in the log)", hint: "Optional: what you checked, say." }],
+          submitLabel: "Accept",
+          permission: "conflicts.resolve",
+          submit: (values) => decideHeld(group, "accepted", values.reason.trim()),
+        }).then((done) => decided(done, `${plural(n, ["held event", "held events"])} accepted.`)),
+      ),
+      action(
+        ctx,
+        "conflicts.resolve",
+        "Reject",
+        () =>
+          formDialog({
+            title: `Reject what ${group.writer_name || "the device"} sent`,
+            intro: `${describeHeld(group)} Rejected, ${n === 1 ? "it never counts; it stays" : "they never count; they stay"} in the log.`,
+            fields: [{ name: "reason", label: "Reason (kept in the log)", required: true }],
+            submitLabel: "Reject",
+            danger: true,
+            permission: "conflicts.resolve",
+            submit: (values) => decideHeld(group, "rejected", values.reason),
+          }).then((done) => decided(done, `${plural(n, ["held event", "held events"])} rejected.`)),
+        { class: "danger" },
+      ),
+    ];
+  }
+
+  function card(group) {
+    const reasons = [...new Set(group.events.map((event) => event.decision_reason).filter(Boolean))];
+    const controls = buttons(group).filter(Boolean);
+    return h(
+      "li",
+      { class: "card conflict held", dataset: { held: group.key, session: group.session_id, reasons: group.reasons.join(" "), decision: group.decision } },
+      h(
+        "h3",
+        {},
+        h("a", { href: `#/sessions/${enc(group.session_id)}` }, sessionLabel(known, runs, group, !state.run)),
+        " ",
+        h("span", { class: `badge ${{ open: "warn", accepted: "ok", rejected: "bad" }[group.decision] || ""}` }, group.decision),
+      ),
+      h("p", {}, describeHeld(group)),
+      reasons.length ? h("p", { class: "small" }, `Reason: ${reasons.join("; ")}`) : null,
+      controls.length ? h("div", { class: "actions" }, controls) : null,
+    );
+  }
+
+  async function draw() {
+    const status = HELD_STATUS[state.status] || "open";
+    const rows = await get(`/api/held${query({ status, run_id: state.run })}`);
+    const groups = heldGroups(rows);
+    if (groups.length) await learnSessions(ctx, known, groups.map((group) => group.session_id));
+    if (!ctx.isCurrent()) return;
+    fill(list,
+      h("p", { class: "muted" }, `${plural(rows.length, [`${status === "all" ? "" : `${status} `}held event`, `${status === "all" ? "" : `${status} `}held events`])}.`),
+      groups.length ? h("ul", { class: "conflict-list" }, groups.map(card)) : h("p", {}, "Nothing held."),
+    );
+  }
+
+  return { element, draw };
+}
+
 export async function render(ctx) {
   const main = clear(ctx.main);
   const runs = await get("/api/runs");
@@ -122,6 +292,7 @@ export async function render(ctx) {
     h("option", { value: "" }, "All runs"),
     runs.map((run) => h("option", { value: run.run_id }, run.name)),
   );
+  const held = heldSection(ctx, state, runs);
   statusSelect.addEventListener("change", () => { state.status = statusSelect.value; draw(); });
   runSelect.addEventListener("change", () => { state.run = runSelect.value; draw(); });
   main.append(
@@ -134,6 +305,7 @@ export async function render(ctx) {
       h("div", {}, h("label", { for: "conflict-run" }, "Run"), runSelect),
     ),
     list,
+    held.element,
   );
 
   const resolve = (conflict, body) => post(`/api/conflicts/${enc(conflict.conflict_id)}/resolve`, body);
@@ -219,6 +391,10 @@ export async function render(ctx) {
   }
 
   async function draw() {
+    await Promise.all([drawQueue(), held.draw()]);
+  }
+
+  async function drawQueue() {
     const queue = await get(`/api/conflicts${query({ status: state.status, run_id: state.run })}`);
     if (!ctx.isCurrent()) return;
     fill(list,
@@ -231,7 +407,8 @@ export async function render(ctx) {
   const again = debounce(draw, 500);
   const paced = throttle(draw, 5000);
   const stop = ctx.live.listen((kind) => {
-    if (kind === "conflict" || kind === "open" || kind === "resync") again();
+    // A closing that reaches this box after the events it holds is a "session" message, not a "held" one.
+    if (kind === "conflict" || kind === "held" || kind === "session" || kind === "open" || kind === "resync") again();
     else if (kind === "scan") paced();
   });
   return () => {

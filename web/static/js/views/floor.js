@@ -65,7 +65,7 @@ export async function render(ctx) {
     if (kind === "rack" && message.run_id === runId) board.move(message);
     // A held scan may already be in the fetched units: refetch rather than add it twice.
     else if (kind === "scan") (!late && board.scan(message)) || scansRefresh();
-    else if (kind === "open" || kind === "resync" || kind === "conflict" || kind === "session") refresh();
+    else if (kind === "open" || kind === "resync" || kind === "conflict" || kind === "held" || kind === "session") refresh();
   };
   const stop = ctx.live.listen((kind, message) => (board ? hear(kind, message) : held.push([kind, message])));
   const cleanup = () => {

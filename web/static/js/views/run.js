@@ -46,7 +46,7 @@ export async function render(ctx) {
   const paced = throttle(() => view.reload({ variance: false }), 5000);
   const stop = ctx.live.listen((kind, message) => {
     if (kind === "scan" || (kind === "rack" && message.run_id === runId)) paced();
-    else if (["session", "run", "conflict", "open", "resync"].includes(kind)) again();
+    else if (["session", "run", "conflict", "held", "open", "resync"].includes(kind)) again();
   });
   const minutely = setInterval(() => view.reload({ variance: false }), 60000);
   return () => {
