@@ -34,7 +34,8 @@ async def ticket(user: User, tickets: StreamTickets) -> dict[str, Any]:
 
 def _readable(box: Box, user: User) -> Callable[[dict[str, Any]], bool] | None:
     """What of the stream this person may read: everything for those who may read every session, and
-    for a verifier the scans of their own sessions only, as ``GET /api/sessions/{id}`` allows. An
+    for a verifier the scans (and held events) of their own sessions only, as ``GET /api/sessions/{id}``
+    allows. An
     owner is looked up once per session and again when it is reassigned."""
     if allowed("sessions.manage", user.role) or user.role == "auditor":
         return None
@@ -44,7 +45,7 @@ def _readable(box: Box, user: User) -> Callable[[dict[str, Any]], bool] | None:
     def readable(message: dict[str, Any]) -> bool:
         if message["kind"] == "session" and message.get("type") == "session.assigned":
             owners.pop(message["session_id"], None)
-        if message["kind"] != "scan":
+        if message["kind"] not in ("scan", "held") or "session_id" not in message:
             return True
         session_id = message["session_id"]
         if session_id not in owners:
