@@ -37,7 +37,7 @@ from appliance.api.deps import authorizer, dependencies
 from appliance.api.openapi import document
 from appliance.box import Box
 from appliance.errors import StockVerifyError
-from appliance.services import Services
+from appliance.services import Services, Tls
 from web import routes as web_routes
 
 log = logging.getLogger(__name__)
@@ -154,10 +154,11 @@ def _bind_bus(box: Box) -> Callable[[], None]:
     return bind
 
 
-def create_app(box: Box) -> Litestar:
+def create_app(box: Box, *, tls: Tls | None = None) -> Litestar:
+    """``tls`` when the app is served over HTTPS: mDNS then advertises that port and fingerprint."""
     _check_declared(API_ROUTES)
     routes: list[ControllerRouterHandler] = [*API_ROUTES, *web_routes.ROUTES]
-    services = Services.for_box(box)
+    services = Services.for_box(box, tls=tls)
     return Litestar(
         route_handlers=routes,
         guards=[authorizer(services)],

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import json
 import logging
+import signal
+import socket
 import sys
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,6 +27,11 @@ from appliance.settings import (
     load_settings,
     load_settings_with_sources,
 )
+
+if TYPE_CHECKING:  # uvicorn and the certificates load for serve alone
+    import uvicorn
+
+    from provisioning.certificates import ServerIdentity
 
 log = logging.getLogger("stockverify")
 
@@ -87,21 +97,28 @@ def _shown(info: SettingInfo, value: Any) -> str:
 @click.option("--role", type=click.Choice(["box", "hq"]), default=None)
 @click.option("--demo", is_flag=True, default=None, help="create the demo store on first start")
 def serve(config: Path | None, **flags: Any) -> None:
-    """Run the box's server."""
+    """Run the box's server: HTTPS on https_port when the data dir holds a server certificate (then the
+    plain port serves only health, the store CA and redirects), plain HTTP on port otherwise."""
     import uvicorn
 
     from appliance.app import create_app
     from appliance.box import open_box
+    from appliance.services import Tls
 
     if flags.get("demo"):
         flags.update(store_id=DEMO_STORE_ID, store_name=DEMO_STORE_NAME)
     settings = _settings(config, **flags)
     configure_logging(settings.log_level)
+    identity = _server_identity(settings)  # before the box opens: a bad certificate stops the start cleanly
     box = open_box(settings)
     if settings.demo:
         from appliance.demo.seed import seed_demo
 
         seed_demo(box)
+    tls = None
+    if identity is not None:
+        ca_fingerprint = _ca_fingerprint(identity)
+        tls = Tls(port=settings.https_port, fingerprint=identity.fingerprint, ca_fingerprint=ca_fingerprint)
     log.info(
         "box starting",
         extra={
@@ -109,10 +126,12 @@ def serve(config: Path | None, **flags: Any) -> None:
             "store_id": box.node.store_id,
             "host": settings.host,
             "port": settings.port,
+            "https_port": settings.https_port if tls else "none",
+            "tls_fingerprint": tls.fingerprint if tls else "none",
             "data_dir": str(settings.data_dir),
         },
     )
-    app = create_app(box)
+    app = create_app(box, tls=tls)
     # Everything made so far lives as long as the process: out of the collector's sight, a full
     # collection no longer walks the product master and the app's routes, which trims latency spikes.
     gc.collect()
@@ -121,16 +140,126 @@ def serve(config: Path | None, **flags: Any) -> None:
     # loop: at the default 5 ms switch interval a claim's twenty statements could wait that long each
     # while the loop is busy. 1 ms bounds the wait without the cost 0.5 ms had on ingest.
     sys.setswitchinterval(0.001)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "log_config": None,
+        "access_log": False,
         # Handhelds reach the box directly on the store LAN; no proxy's forwarded headers to trust.
-        proxy_headers=False,
-        timeout_graceful_shutdown=10,
+        "proxy_headers": False,
+        "timeout_graceful_shutdown": 10,
+    }
+    if identity is None:
+        uvicorn.run(app, port=settings.port, **common)
+        return
+    from appliance.plain_http import plain_app
+
+    ca_pem = identity.ca_path.read_bytes() if identity.ca_path is not None else None
+    secure = uvicorn.Config(
+        app,
+        port=settings.https_port,
+        ssl_certfile=str(identity.cert_path),
+        ssl_keyfile=str(identity.key_path),
+        **common,
     )
+    plain = uvicorn.Config(
+        plain_app(
+            app,
+            https_port=settings.https_port,
+            store_name=settings.store_name,
+            ca_pem=ca_pem,
+            ca_fingerprint=tls.ca_fingerprint if tls else None,
+        ),
+        port=settings.port,
+        lifespan="off",  # one app, one lifespan: the HTTPS server's
+        **common,
+    )
+    # Bound here, before the app starts: a port already taken stops the start with uvicorn's one-line
+    # message instead of leaving a box that serves HTTPS with no plain port beside it.
+    sockets = (secure.bind_socket(), plain.bind_socket())
+    with asyncio.Runner(loop_factory=secure.get_loop_factory()) as runner:
+        runner.run(_serve_together(_listener(secure), _listener(plain), sockets))
+
+
+def _server_identity(settings: Settings) -> ServerIdentity | None:
+    """The certificate to serve, renewed first when the store CA issued it and it is due: a box that
+    restarts now and then never lets its certificate lapse. A box without the CA's key (it stays where
+    certificates are issued) keeps what it has and says so."""
+    from provisioning.certificates import (
+        CertificateError,
+        ensure_server_certificate,
+        issued_names,
+        load_server_identity,
+    )
+
+    try:
+        identity = load_server_identity(settings.data_dir)
+    except CertificateError as exc:
+        raise click.ClickException(f"{exc} (docs/tls.md)") from None
+    if identity is None or identity.ca_path is None:
+        return identity
+    hostnames, addresses = issued_names(identity.cert_path.read_bytes())
+    try:
+        renewed = ensure_server_certificate(settings.data_dir, hostnames=hostnames, addresses=addresses)
+    except CertificateError as exc:
+        log.warning(
+            "server certificate not renewed",
+            extra={"reason": str(exc), "not_after": identity.not_after.isoformat()},
+        )
+        return identity
+    if renewed.fingerprint != identity.fingerprint:
+        log.info(
+            "server certificate renewed",
+            extra={"tls_fingerprint": renewed.fingerprint, "not_after": renewed.not_after.isoformat()},
+        )
+    return renewed
+
+
+def _ca_fingerprint(identity: ServerIdentity) -> str | None:
+    from provisioning.certificates import fingerprint
+
+    return fingerprint(identity.ca_path.read_bytes()) if identity.ca_path is not None else None
+
+
+def _listener(config: uvicorn.Config) -> uvicorn.Server:
+    """A server that leaves SIGINT and SIGTERM to ``_serve_together``: each would otherwise take them
+    for itself alone, and raise them again when it stops while the other still runs."""
+    import uvicorn
+
+    class Listener(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:
+            yield
+
+    return Listener(config)
+
+
+async def _serve_together(
+    secure: uvicorn.Server, plain: uvicorn.Server, sockets: tuple[socket.socket, socket.socket]
+) -> None:
+    """Both listeners in one event loop, so the app, its lifespan and the database exist once.
+
+    HTTPS starts first: its lifespan starts the app whose health the plain port forwards to. When
+    either stops (a signal, a port taken), both stop, gracefully unless a second signal insists.
+    """
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for server in (secure, plain):
+            server.force_exit = server.should_exit
+            server.should_exit = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop)
+    tasks = [asyncio.create_task(secure.serve(sockets=[sockets[0]]), name="https")]
+    while not secure.started and not tasks[0].done():
+        await asyncio.sleep(0.05)
+    if secure.started:
+        tasks.append(asyncio.create_task(plain.serve(sockets=[sockets[1]]), name="http"))
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for server in (plain, secure):
+        server.should_exit = True
+    for task in tasks:
+        await task
 
 
 @main.command("settings")
@@ -351,6 +480,104 @@ def doctor(config: Path | None, data_dir: Path | None, as_json: bool) -> None:
         sys.exit(1)
 
 
+@main.command("backup")
+@data_dir_option
+@config_option
+@click.option(
+    "--to",
+    "dest",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="folder for the archive (default: the backup_dir setting)",
+)
+@click.option("--method", type=click.Choice(["backup", "vacuum"]), default="backup", help="how the database is copied")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def backup_command(config: Path | None, data_dir: Path | None, dest: Path | None, method: str, as_json: bool) -> None:
+    """Back the box up while it serves: database, keys, settings, TLS files and photos in one archive."""
+    from provisioning import backup as backups
+
+    settings = _settings(config, data_dir=data_dir)
+    say = (lambda _line: None) if as_json else (lambda line: click.echo(f"... {line}", err=True))
+    try:
+        made = backups.backup(settings, dest, method=method, progress=say)
+    except (backups.BackupRefused, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        summary = {
+            "path": str(made.path),
+            "size": made.size,
+            "seconds": round(made.seconds, 3),
+            "store_id": made.manifest["store_id"],
+            "event_count": made.manifest["event_count"],
+            "files": len(made.manifest["files"]),
+            "removed": [str(p) for p in made.removed],
+        }
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"{made.path}")
+    click.echo(
+        f"{made.size / 1024**2:.1f} MiB, {len(made.manifest['files'])} files, {made.manifest['event_count']} events,"
+        f" in {made.seconds:.1f} s"
+    )
+    for path in made.removed:
+        click.echo(f"removed {path.name} (backup_keep = {settings.backup_keep})")
+
+
+@main.command("restore")
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+@data_dir_option
+@config_option
+@click.option("--store", "expect_store_id", default=None, help="refuse an archive of any other store")
+@click.option("--force", is_flag=True, help="replace the store the data dir holds (its files are moved aside)")
+@click.option(
+    "--same-writer",
+    "proof",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="keep the box's writer: give a peer's or HQ's copy of the store (store.db or its backup) taken after"
+    " this box stopped, proving the backup holds everything the box published (docs/operations.md)",
+)
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def restore_command(
+    archive: Path,
+    config: Path | None,
+    data_dir: Path | None,
+    expect_store_id: str | None,
+    force: bool,
+    proof: Path | None,
+    as_json: bool,
+) -> None:
+    """Restore a backup into the data dir, after checking all of it; the box must be stopped."""
+    from provisioning import backup as backups
+
+    settings = _settings(config, data_dir=data_dir)
+    say = (lambda _line: None) if as_json else (lambda line: click.echo(f"... {line}", err=True))
+    try:
+        report = backups.restore(
+            archive,
+            settings.data_dir,
+            expect_store_id=expect_store_id,
+            force=force,
+            same_writer_proof=proof,
+            progress=say,
+        )
+    except (backups.BackupRefused, OSError) as exc:
+        raise click.ClickException(f"restore refused, nothing changed: {exc}") from None
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    click.echo(f"restored store {report.store_id} (backup of {report.created_at}) into {report.data_dir}")
+    for line in report.checks:
+        click.echo(f"  checked: {line}")
+    if report.new_writer:
+        click.echo(f"  the box writes as {report.writer_id} from now on; {report.old_writer_id} is history")
+    else:
+        click.echo(f"  the box goes on writing as {report.old_writer_id}")
+    if report.aside:
+        click.echo(f"  the previous files are in {report.aside}")
+    click.echo(f"  {report.files} files, {report.bytes / 1024**2:.1f} MiB, in {report.seconds:.1f} s")
+
+
 from replication.device.cli import device  # noqa: E402  (registered last: the device group is its own module)
 
 main.add_command(device)
@@ -358,3 +585,8 @@ main.add_command(device)
 from appliance.hq.cli import hq  # noqa: E402  (HQ staff's commands, a module of their own like device)
 
 main.add_command(hq)
+
+from provisioning.cli import provision_command, upgrade_command  # noqa: E402  (the field tech's commands)
+
+main.add_command(provision_command)
+main.add_command(upgrade_command)

@@ -12,7 +12,9 @@ server does, and stop it before the database closes:
    lock authority move the CLI wrote to this box's database from another process;
 2. mDNS — browses for the store's other boxes, advertises this one once HTTP listens;
 3. replicator — pulls from peers, pushes to and pulls from HQ (``replication.peers``);
-4. lock forwarder — while this box does not grant locks, sends claims to the one that does.
+4. lock forwarder — while this box does not grant locks, sends claims to the one that does;
+5. systemd — ``READY=1`` once HTTP listens, watchdog pings from the event loop, ``STOPPING=1`` first
+   on the way out (``appliance.systemd``).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -35,17 +39,29 @@ from appliance.counting import locks
 from appliance.hq.hub import Hub
 from appliance.replica.lock_forwarding import LockForwarder
 from appliance.replica.store import BoxReplica
+from appliance.systemd import notifying
 from replication.discovery import Advertisement, Discovery, addresses_for, advertise_when_listening
 from replication.peers.client import Me
 from replication.peers.replicator import Replicator
 from replication.tasks import running
 from replication.wire.hlc import wall_ms
+from replication.wire.tls import TrustError, pinned_context
 
 log = logging.getLogger(__name__)
 
 LEASE_WATCH_S = 0.5
+STORE_CA_FILE = "tls/ca.pem"  # provisioning.certificates puts the store CA there on every box of the store
 
 Lifespan = Callable[[Litestar], AbstractAsyncContextManager[None]]
+
+
+@dataclass(frozen=True)
+class Tls:
+    """The box's HTTPS listener as mDNS and the pairing QR describe it to devices."""
+
+    port: int
+    fingerprint: str  # the server certificate's, in the mDNS TXT ``fp``
+    ca_fingerprint: str | None  # the store CA's, which a device pins at pairing; None for a retailer's own
 
 
 @dataclass
@@ -59,9 +75,10 @@ class Services:
     discovery: Discovery | None = None  # while mDNS runs
     replicator: Replicator | None = None  # while a store box has someone to exchange with
     lock_forwarder: LockForwarder | None = None  # used while this box is not the store's lock authority
+    tls: Tls | None = None  # while the box serves HTTPS
 
     @classmethod
-    def for_box(cls, box: Box) -> Services:
+    def for_box(cls, box: Box, *, tls: Tls | None = None) -> Services:
         settings = box.settings
         return cls(
             box=box,
@@ -74,6 +91,7 @@ class Services:
                 settings.device_heartbeat_burst,
             ),
             hub=Hub(box) if box.node.role == "hq" else None,
+            tls=tls,
         )
 
     def close(self) -> None:
@@ -87,6 +105,7 @@ class Services:
             lambda _app: self.mdns(),
             lambda _app: self.replication(),
             lambda _app: self.lock_forwarding(),
+            lambda _app: self.systemd(),
         ]
 
     # -- 1. lease watch ------------------------------------------------------------------------------
@@ -132,11 +151,12 @@ class Services:
             store_id=box.node.store_id,
             node_id=box.node.node_id,
             role=box.node.role,
-            port=settings.port,
-            fingerprint=None,  # the box serves plain HTTP until its TLS lands (DESIGN §9)
+            # Devices and peers go to the HTTPS port; the plain one would only redirect them.
+            port=self.tls.port if self.tls else settings.port,
+            fingerprint=self.tls.fingerprint if self.tls else None,
         )
         advertising: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
-        if settings.port == 0:
+        if advertisement.port == 0:
             log.warning("mDNS not advertising: port 0 means the port is not known before uvicorn binds it")
         elif addresses is None:
             log.warning("mDNS not advertising: no IPv4 handheld can reach this host", extra={"host": settings.host})
@@ -167,7 +187,16 @@ class Services:
         me = Me(node.node_id, node.store_id, node.key, node.public_key, settings.public_url)
         store = BoxReplica(box.db, box.log, node.store_id)
         async with aiohttp.ClientSession() as http:
-            replicator = Replicator(me, store, settings, http, discovered, hello_heard=box.authority.heard)
+            replicator = Replicator(
+                me,
+                store,
+                settings,
+                http,
+                discovered,
+                hello_heard=box.authority.heard,
+                store_trust=_trust(settings.data_dir / STORE_CA_FILE, "the store CA"),
+                hq_trust=_trust(Path(settings.hq_ca_file), "hq_ca_file") if settings.hq_ca_file else None,
+            )
             self.replicator = replicator
             try:
                 async with running(replicator.run(), "replicator"):
@@ -191,6 +220,29 @@ class Services:
         finally:
             self.lock_forwarder = None
             await forwarder.close()
+
+    # -- 5. systemd ----------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def systemd(self) -> AsyncIterator[None]:
+        """Entered last, so the box is whole before systemd hears it is ready, and left first, so
+        systemd hears of the stop before the rest winds down."""
+        node, settings = self.box.node, self.box.settings
+        ports = [settings.port] if self.tls is None else [settings.port, self.tls.port]
+        where = f"http {settings.port}" + (f", https {self.tls.port}" if self.tls else "")
+        serving = f"serving {node.role} {node.store_id} on {settings.host} ({where})"
+        async with notifying(settings.host, ports, serving):
+            yield
+
+
+def _trust(path: Path, what: str) -> ssl.SSLContext | None:
+    """The CA a kind of link pins over https; none leaves the machine's trusted CAs to decide."""
+    try:
+        return pinned_context(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, TrustError) as exc:
+        log.error("CA certificate unusable; https links it should pin will fail", extra={"ca": what, "error": str(exc)})
+        raise
 
 
 def _lapsed(row: dict[str, Any]) -> dict[str, Any]:

@@ -114,6 +114,14 @@ def _url(*, allow_empty: bool) -> Callable[[Any], str]:
     return parse
 
 
+def _pem_file(value: Any) -> str:
+    """Empty, or a file that exists: a CA named but missing would leave HQ unreachable with no word why."""
+    text = str(value).strip()
+    if text and not Path(text).expanduser().is_file():
+        raise ValueError(f"no such file: {text}")
+    return str(Path(text).expanduser()) if text else ""
+
+
 def _urls(value: Any) -> tuple[str, ...]:
     items = value if isinstance(value, list | tuple) else str(value).split(",")
     return tuple(_url(allow_empty=False)(item) for item in items if str(item).strip())
@@ -124,6 +132,11 @@ def _secret(value: Any) -> str:
     if text and len(text) < 16:
         raise ValueError("must be at least 16 characters (or empty to turn it off)")
     return text
+
+
+def _optional_path(value: Any) -> str:
+    text = str(value).strip()
+    return str(Path(text).expanduser()) if text else ""
 
 
 def _seconds(low: float, high: float) -> Callable[[Any], float]:
@@ -168,7 +181,15 @@ class Settings:
 
     data_dir: Path = setting(Path("data"), _path, "where the database, keys and photos live")  # noqa: RUF009 - setting() is a field()
     host: str = setting("0.0.0.0", _text(255), "address to listen on")  # noqa: S104 - the box serves the store LAN
-    port: int = setting(8080, _int(0, 65535), "TCP port for the API and dashboard")
+    port: int = setting(
+        8080,
+        _int(0, 65535),
+        "TCP port for the API and dashboard; on a box with a TLS certificate (docs/tls.md), plain HTTP serving only"
+        " health, the store CA and a redirect to https_port",
+    )
+    https_port: int = setting(
+        8443, _int(1, 65535), "TCP port for HTTPS, used when the data dir holds a server certificate (tls/)"
+    )
     store_id: str = setting("store-001", _store_id, "this store's id, the same on every box of the store")
     store_name: str = setting("Store", _text(120), "the store's name as people see it")
     role: str = setting("box", _choice(*ROLES), "box (in a store) or hq (the hub that receives every store)")
@@ -238,6 +259,12 @@ class Settings:
         "the secret shared with HQ at enrolment (on HQ: the one every store presents)",
         secret=True,
     )
+    hq_ca_file: str = setting(
+        "",
+        _pem_file,
+        "the CA certificate (PEM) HQ's HTTPS certificate is checked against, given at enrolment"
+        " (empty: the machine's trusted CAs)",
+    )
     hq_mode: str = setting(
         "log",
         _choice("log", "counters"),
@@ -250,6 +277,12 @@ class Settings:
     mdns_addresses: tuple[str, ...] = setting(
         (), _ipv4_list, "IPv4 addresses to advertise, comma-separated (empty: every non-loopback one)"
     )
+    backup_dir: str = setting(
+        "",
+        _optional_path,
+        "where stockverify backup writes its archives, the nightly ones too (empty: <data_dir>/backups)",
+    )
+    backup_keep: int = setting(14, _int(1, 10_000), "how many of the newest backup archives backup_dir keeps")
 
     @property
     def db_path(self) -> Path:
@@ -258,6 +291,10 @@ class Settings:
     @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
+
+    @property
+    def backups_dir(self) -> Path:
+        return Path(self.backup_dir) if self.backup_dir else self.data_dir / "backups"
 
 
 _FIELDS: dict[str, Field[Any]] = {f.name: f for f in fields(Settings)}

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import ssl
+import time
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from appliance.counting.authority import CONFLICT, FORWARDING, GRANTING, LockAuthority
@@ -18,11 +24,24 @@ from appliance.store.db import DISK_FULL, DISK_LOW_BYTES, probe_disk
 from appliance.store.eventlog import verify_writer_chain
 from appliance.store.identity import KEY_FILE, load_or_create_key, public_bytes
 from appliance.store.migrations import LATEST, current_version
+from provisioning.backup import newest_archive
+from provisioning.certificates import load_server_identity
 
 DISK_WARN_BYTES = 1024**3
+CERT_WARN_DAYS = 30
+NEIGHBOUR_TIMEOUT_S = 3.0
+# A device's hlc more than 5 minutes ahead is refused (CLOCK_AHEAD): boxes that far apart would refuse
+# each other's handhelds. A few seconds is what NTP on a store LAN keeps.
+CLOCK_WARN_S = 5
+CLOCK_FAIL_S = 300
+STORE_CA_FILE = "tls/ca.pem"
 # Where the box itself starts saying "degraded" on /api/health: the doctor fails at the same point, so
 # the tech and the dashboard never disagree about whether the disk is the problem.
 DISK_FAIL_BYTES = DISK_LOW_BYTES
+# A nightly backup is at most a day old; a day and a half means one night was missed, a week that
+# backups have stopped.
+BACKUP_WARN_S = 36 * 3600
+BACKUP_FAIL_S = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -51,6 +70,83 @@ def _disk(path: Path) -> Check:
     if free < DISK_WARN_BYTES:
         return Check("disk", "warn", text + "; plan to free space before the next count")
     return Check("disk", "ok", text)
+
+
+def _backup(settings: Settings) -> Check:
+    """A card dies without warning; how much of the store a dead box costs is the age of its newest
+    archive (``stockverify backup``, nightly from ``stockverify-backup.timer``)."""
+    found = newest_archive(settings)
+    if found is None:
+        return Check(
+            "backup", "fail", f"no backup in {settings.backups_dir}; run 'stockverify backup' (docs/operations.md)"
+        )
+    path, age_s = found
+    text = f"newest {path.name}, {age_s / 3600:.1f} h old"
+    if age_s > BACKUP_FAIL_S:
+        return Check("backup", "fail", text + "; backups have stopped: check stockverify-backup.timer and its journal")
+    if age_s > BACKUP_WARN_S:
+        return Check("backup", "warn", text + "; last night's backup did not happen")
+    return Check("backup", "ok", text)
+
+
+def _certificate(settings: Settings) -> Check:
+    """An expired certificate stops every handheld at once (the browser refuses the page, the client
+    refuses the box); the box renews its own at start, so one close to expiry means it has not restarted."""
+    identity = load_server_identity(settings.data_dir)
+    if identity is None:
+        return Check(
+            "certificate", "warn", "no server certificate: the box serves plain HTTP (run 'stockverify provision')"
+        )
+    left_days = (identity.not_after - datetime.now(UTC)).total_seconds() / 86400
+    text = f"{identity.cert_path.name} valid until {identity.not_after:%Y-%m-%d} ({left_days:.0f} days)"
+    if left_days <= 0:
+        return Check("certificate", "fail", text + "; restart the box to renew it, or install the retailer's new one")
+    if left_days < CERT_WARN_DAYS:
+        return Check("certificate", "warn", text + "; the box renews it at its next start")
+    return Check("certificate", "ok", text)
+
+
+def _neighbours(settings: Settings) -> list[Check]:
+    """Every peer and HQ: reachable, and their clock against ours (a box minutes apart from the others
+    orders edits wrongly, and handhelds synced to it are refused as ahead elsewhere)."""
+    checks = []
+    store_ca = settings.data_dir / STORE_CA_FILE
+    for kind, url, ca in [
+        *(("peer", peer, store_ca) for peer in settings.peers),
+        *(
+            (("hq", settings.hq_url, Path(settings.hq_ca_file) if settings.hq_ca_file else None),)
+            if settings.hq_url
+            else ()
+        ),
+    ]:
+        checks.append(_neighbour(kind, url, ca))
+    return checks
+
+
+def _neighbour(kind: str, url: str, ca: Path | None) -> Check:
+    name = f"{kind} {url}"
+    context = None
+    if url.startswith("https://"):
+        if ca is None or not ca.is_file():
+            return Check(name, "fail", f"no CA to check its certificate with ({ca or 'hq_ca_file not set'})")
+        context = ssl.create_default_context(cafile=str(ca))
+    try:
+        sent = time.time()
+        health = url.rstrip("/") + "/api/health"  # an http(s) URL from the settings, checked when loaded
+        with urllib.request.urlopen(health, timeout=NEIGHBOUR_TIMEOUT_S, context=context) as answer:  # noqa: S310
+            received = time.time()
+            date = answer.headers.get("Date")
+    except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
+        return Check(name, "fail", f"does not answer: {getattr(exc, 'reason', exc)}")
+    if not date:
+        return Check(name, "warn", "answers, but says no time to compare clocks with")
+    skew = parsedate_to_datetime(date).timestamp() - (sent + received) / 2  # the Date header has 1 s resolution
+    text = f"answers; its clock is {skew:+.0f} s from ours"
+    if abs(skew) > CLOCK_FAIL_S:
+        return Check(name, "fail", text + "; fix NTP on the box that is wrong")
+    if abs(skew) > CLOCK_WARN_S:
+        return Check(name, "warn", text)
+    return Check(name, "ok", text)
 
 
 def _locks(conn: sqlite3.Connection, node: sqlite3.Row, settings: Settings) -> Check:
@@ -114,6 +210,9 @@ def run_checks(settings: Settings) -> list[Check]:
     if not data_dir.is_dir():
         return [Check("data_dir", "fail", f"{data_dir} does not exist; start the box or provision it first")]
     checks.append(_disk(data_dir))
+    checks.append(_backup(settings))
+    checks.append(_certificate(settings))
+    checks.extend(_neighbours(settings))
     if not settings.db_path.exists():
         checks.append(Check("database", "fail", f"{settings.db_path} does not exist"))
         return checks

@@ -10,7 +10,8 @@ TXT keys, each ``key=value`` at most 255 bytes (RFC 6763 §6.1)::
 
     store  the store id              node  the node id (a ULID)
     role   box or hq                 api   the API version ("1")
-    port   the HTTP port             fp    the TLS certificate fingerprint, only when the box serves TLS
+    port   the port to connect to    fp    the TLS certificate fingerprint, only when the box serves TLS
+           (HTTPS when fp is set)
 
 Everything runs on the caller's event loop through zeroconf's asyncio API. Browser callbacks are plain
 functions on the loop; each resolution is a task kept by service name, so a box that leaves while it

@@ -16,6 +16,7 @@ either way::
     │   │   └── transport.PayloadTooLarge    413: the sender may split the batch first
     │   ├── protocol.ProtocolError       (also a ValueError)
     │   ├── codec.CodecError             (also a ValueError)
+    │   ├── tls.TrustError               (also a ValueError)
     │   ├── payloads.PayloadError        (also a ValueError)
     │   ├── outbox.NotPaired             (also a RuntimeError)
     │   └── discovery.DiscoveryError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -82,12 +83,25 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``stockverify serve`` in a real process on a loopback port."""
+    """``stockverify serve`` in a real process on a loopback port.
 
-    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    ``https``: the data dir already holds a server certificate (``provisioning.certificates``); the box
+    also listens on ``https_port``, ``url`` is the HTTPS one, clients trust the store CA in the data dir
+    alone, and ``plain_url`` is the plain port (health, the CA, redirects).
+    """
+
+    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None, https: bool = False) -> None:
         self.data_dir = data_dir
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.plain_url = f"http://127.0.0.1:{self.port}"
+        self.url = self.plain_url
+        self.verify: ssl.SSLContext | bool = True
+        self.https_port: int | None = None
+        if https:
+            self.https_port = free_port()
+            self.url = f"https://127.0.0.1:{self.https_port}"
+            self.verify = ssl.create_default_context(cafile=data_dir / "tls" / "ca.pem")
+            env = {**(env or {}), "STOCKVERIFY_HTTPS_PORT": str(self.https_port)}
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("wb")
@@ -117,7 +131,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()}")
             try:
-                if httpx.get(self.url + "/api/health", timeout=1.0).status_code == 200:
+                if httpx.get(self.plain_url + "/api/health", timeout=1.0).status_code == 200:
                     return time.monotonic() - start
             except httpx.HTTPError:
                 pass
@@ -129,10 +143,12 @@ class ServerProcess:
 
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30.0)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30.0, verify=self.verify)
 
     def login(self, username: str, password: str) -> str:
-        answer = httpx.post(self.url + "/api/auth/login", json={"username": username, "password": password})
+        answer = httpx.post(
+            self.url + "/api/auth/login", json={"username": username, "password": password}, verify=self.verify
+        )
         assert answer.status_code == 200, answer.text
         token: str = answer.json()["token"]
         return token

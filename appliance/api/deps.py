@@ -21,7 +21,7 @@ from appliance.box import Box
 from appliance.errors import Forbidden, NotFound, Unauthenticated
 from appliance.hq.hub import Hub
 from appliance.replica.lock_forwarding import LockForwarder
-from appliance.services import Services
+from appliance.services import Services, Tls
 
 Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
@@ -62,6 +62,9 @@ def dependencies(services: Services) -> dict[str, Provide]:
     def provide_stream_tickets() -> StreamTickets:
         return services.stream_tickets
 
+    def provide_tls() -> Tls | None:
+        return services.tls
+
     # Chained after ``user``, like ``user`` after ``box``, for the reason given at provide_device.
     def provide_forwarder(user: User) -> LockForwarder | None:
         return services.lock_forwarder
@@ -77,6 +80,7 @@ def dependencies(services: Services) -> dict[str, Provide]:
         "passwords": Provide(provide_passwords, sync_to_thread=False),
         "login_throttle": Provide(provide_login_throttle, sync_to_thread=False),
         "tickets": Provide(provide_stream_tickets, sync_to_thread=False),
+        "tls": Provide(provide_tls, sync_to_thread=False),
         "forwarder": Provide(provide_forwarder, sync_to_thread=False),
         "device_forwarder": Provide(provide_device_forwarder, sync_to_thread=False),
     }

@@ -18,6 +18,7 @@ from appliance.auth import devices
 from appliance.auth.people import LoginThrottle, User
 from appliance.box import Box
 from appliance.errors import ValidationFailed
+from appliance.services import Tls
 
 PAIRING_DIGITS = 6
 ASCII_DIGITS = frozenset("0123456789")
@@ -45,19 +46,26 @@ class QuarantineDecision(msgspec.Struct, forbid_unknown_fields=True):
     reason: str
 
 
-def _pairing_uri(box: Box, request: Request[Any, Any, State], code: str) -> str:
+def _pairing_uri(box: Box, request: Request[Any, Any, State], code: str, tls: Tls | None) -> str:
+    """Over HTTPS the QR also carries the store CA's fingerprint and where to fetch it in the clear: the
+    handheld checks the one against the other before it trusts the CA (docs/tls.md)."""
     base = str(request.base_url).rstrip("/")
-    return "stockverify://pair?" + urlencode({"box": base, "code": code, "store": box.node.store_id})
+    fields = {"box": base, "code": code, "store": box.node.store_id}
+    if tls is not None and tls.ca_fingerprint is not None:
+        host = request.url.hostname or "localhost"
+        host = f"[{host}]" if ":" in host else host
+        fields.update(ca=tls.ca_fingerprint, ca_url=f"http://{host}:{box.settings.port}/ca.pem")
+    return "stockverify://pair?" + urlencode(fields)
 
 
 @post("/api/devices/pairing-codes", opt={"permission": "devices.manage"}, sync_to_thread=True, status_code=201)
-def pairing_code(box: Box, user: User, request: Request[Any, Any, State]) -> dict[str, Any]:
+def pairing_code(box: Box, user: User, request: Request[Any, Any, State], tls: Tls | None) -> dict[str, Any]:
     made = box.db.write(lambda conn: devices.make_pairing_code(conn, user))
-    return {**made, "qr": _pairing_uri(box, request, made["code"])}
+    return {**made, "qr": _pairing_uri(box, request, made["code"], tls)}
 
 
 @get("/api/devices/pairing-qr", opt={"permission": "devices.manage"}, sync_to_thread=True, media_type="image/svg+xml")
-def pairing_qr(box: Box, request: Request[Any, Any, State], code: str) -> Response[bytes]:
+def pairing_qr(box: Box, request: Request[Any, Any, State], code: str, tls: Tls | None) -> Response[bytes]:
     """The pairing URI of ``code`` as an SVG QR code, drawn on the box: the store has no internet to
     fetch a QR library from, and a handheld's camera reads it off the supervisor's screen."""
     digits = "".join(c for c in code if c in ASCII_DIGITS)  # str.isdigit() takes other scripts' digits too
@@ -65,7 +73,7 @@ def pairing_qr(box: Box, request: Request[Any, Any, State], code: str) -> Respon
         raise ValidationFailed("code must be a 6-digit pairing code", details={"field": "code"})
     pretty = f"{digits[:3]}-{digits[3:]}"
     svg = io.BytesIO()
-    segno.make_qr(_pairing_uri(box, request, pretty), error="m").save(
+    segno.make_qr(_pairing_uri(box, request, pretty, tls), error="m").save(
         svg, kind="svg", scale=6, border=2, dark="#000", light="#fff", xmldecl=False, title=f"Pairing code {pretty}"
     )
     return Response(svg.getvalue(), media_type="image/svg+xml", headers={"Cache-Control": "no-store"})

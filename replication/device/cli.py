@@ -83,25 +83,83 @@ def device(verbose: bool) -> None:
 
 # -- pair -----------------------------------------------------------------------------------------
 @device.command()
-@click.option("--box", "box_url", required=True, help="the box's address, e.g. http://192.168.1.20:8000")
-@click.option("--code", required=True, help="the pairing code a supervisor made (e.g. 483-205)")
+@click.option("--box", "box_url", default=None, help="the box's address, e.g. http://192.168.1.20:8000")
+@click.option("--code", default=None, help="the pairing code a supervisor made (e.g. 483-205)")
+@click.option(
+    "--qr",
+    default=None,
+    help="the pairing QR's text (stockverify://pair?box=…&code=…&ca=…), standing in for --box, --code and the CA",
+)
 @click.option("--name", required=True, help="the device's name on the box's devices list")
+@click.option(
+    "--ca-fingerprint",
+    default=None,
+    help="an https box: the store CA's SHA-256 fingerprint, from the box's /ca page or the pairing QR (ca=)",
+)
+@click.option(
+    "--ca-url",
+    default=None,
+    help="where to fetch the store CA in the clear (the pairing QR's ca_url) [default: http://<box>:8080/ca.pem]",
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="an https box: the CA its certificate chains to, as a PEM file (instead of fetching it)",
+)
 @data_dir_option
-def pair(box_url: str, code: str, name: str, data_dir: Path) -> None:
-    """Pair this device with a box: make its key, enrol it, keep the writer id and credential."""
+def pair(
+    box_url: str | None,
+    code: str | None,
+    qr: str | None,
+    name: str,
+    ca_fingerprint: str | None,
+    ca_url: str | None,
+    ca_file: Path | None,
+    data_dir: Path,
+) -> None:
+    """Pair this device with a box: make its key, enrol it, keep the writer id and credential, and for
+    an https box the CA every later connection must chain to."""
     from replication.device import transport
+    from replication.wire import tls
+
+    if qr is not None:
+        fields = _pairing_qr(qr)
+        box_url, code = box_url or fields.get("box"), code or fields.get("code")
+        ca_fingerprint, ca_url = ca_fingerprint or fields.get("ca"), ca_url or fields.get("ca_url")
+    if not box_url or not code:
+        raise click.ClickException("say which box and code: --box and --code, or --qr")
+    ca_pem = ca_file.read_bytes() if ca_file is not None else None
+    if box_url.startswith("https://") and ca_pem is None and not ca_fingerprint:
+        raise click.ClickException(
+            "an https box needs its CA: give --ca-fingerprint (shown on http://<box>:8080/ca and in the pairing"
+            " QR) or --ca-file"
+        )
+    try:
+        if ca_pem is not None:
+            ca_pem = tls.check_ca(ca_pem, ca_fingerprint) if ca_fingerprint else ca_pem
+            tls.pinned_context(ca_pem)
+        elif ca_fingerprint:
+            tls.normal_fingerprint(ca_fingerprint)
+    except tls.TrustError as exc:
+        raise click.ClickException(str(exc)) from None
 
     with _outbox(data_dir, must_exist=False) as outbox:
         if outbox.identity() is not None:
             raise click.ClickException(f"{data_dir} is already paired; pair again with a new data folder")
         key = outbox.key()
 
-        async def enrol() -> dict[str, Any]:
-            async with transport.open_session() as http:
-                return await transport.pair(http, box_url, code, name, key.public_key().public_bytes_raw())
+        async def enrol() -> tuple[dict[str, Any], bytes | None]:
+            trusted = ca_pem
+            if trusted is None and ca_fingerprint:
+                async with transport.open_session() as plain:
+                    trusted = await transport.fetch_ca(plain, ca_url or transport.ca_url(box_url), ca_fingerprint)
+            async with transport.open_session(ca_pem=trusted) as http:
+                answer = await transport.pair(http, box_url, code, name, key.public_key().public_bytes_raw())
+            return answer, trusted
 
         try:
-            answer = asyncio.run(enrol())
+            answer, trusted = asyncio.run(enrol())
         except transport.SyncError as exc:
             raise click.ClickException(str(exc)) from None
         outbox.save_identity(
@@ -113,10 +171,20 @@ def pair(box_url: str, code: str, name: str, data_dir: Path) -> None:
                 node_id=answer["node_id"],
                 name=name,
                 paired_at=int(time.time() * 1000),
+                box_ca=trusted.decode("ascii") if trusted is not None else None,
             )
         )
         outbox.observe_server_hlc(int(answer["server_hlc"]))
     click.echo(f"paired as {answer['writer_id']} with store {answer['store_id']}")
+
+
+def _pairing_qr(text: str) -> dict[str, str]:
+    from urllib.parse import parse_qsl, urlsplit
+
+    parts = urlsplit(text.strip())
+    if parts.scheme != "stockverify" or parts.netloc != "pair":
+        raise click.ClickException(f"not a pairing QR (stockverify://pair?…): {text!r}")
+    return dict(parse_qsl(parts.query))
 
 
 # -- scan -----------------------------------------------------------------------------------------
@@ -228,7 +296,7 @@ async def _run_sender(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, interrupted.set)
-    async with transport.open_session() as http:
+    async with transport.open_session(ca_pem=outbox.require_identity().box_ca) as http:
         sender = Sender(outbox, http, settings)
         sender.start()
 

@@ -8,8 +8,8 @@ outbox (a scanner and a load simulator, say) still get consecutive seqs; a seq i
 
 Files, in the device's data folder:
 
-* ``outbox.db`` — identity (writer id, device token, box URL, store), chain head, last HLC, events and
-  their status, the sender's last error.
+* ``outbox.db`` — identity (writer id, device token, box URL, store, the box's CA when it serves
+  https), chain head, last HLC, events and their status, the sender's last error.
 * ``device.key`` — the Ed25519 seed (32 bytes, mode 0600, folder 0700). It stays out of the database
   so that a copy of the queue (for support, say) never carries the key that signs for the device.
 
@@ -78,6 +78,9 @@ CREATE TABLE records (
 CREATE INDEX records_by_status ON records (status, seq);
 CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT);
 """
+# Version 2: the CA a box's https certificate must chain to, pinned at pairing (NULL: plain http, or
+# the device's trusted CAs for a box with a retailer's certificate).
+_V2 = "ALTER TABLE identity ADD COLUMN box_ca TEXT"
 
 
 class NotPaired(NeedsPerson, RuntimeError):
@@ -96,6 +99,7 @@ class Identity:
     node_id: str
     name: str
     paired_at: int
+    box_ca: str | None = None  # PEM
 
 
 @dataclass(frozen=True)
@@ -160,11 +164,14 @@ class Outbox:
         self._conn.execute("PRAGMA synchronous = FULL")
         self._conn.execute("PRAGMA busy_timeout = 10000")
         with self._write() as conn:
-            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
-                conn.execute("PRAGMA user_version = 1")
+            if version < 2:
+                conn.execute(_V2)
+                conn.execute("PRAGMA user_version = 2")
 
     def close(self) -> None:
         with self._lock:
@@ -214,7 +221,7 @@ class Outbox:
             if conn.execute("SELECT 1 FROM identity").fetchone():
                 raise ValueError(f"{self.path} is already paired; a device pairs again with a new data folder")
             conn.execute(
-                "INSERT INTO identity VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO identity VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     identity.writer_id,
                     identity.device_token,
@@ -223,6 +230,7 @@ class Outbox:
                     identity.node_id,
                     identity.name,
                     identity.paired_at,
+                    identity.box_ca,
                 ),
             )
 

@@ -15,6 +15,11 @@ peer client follows too.
 
 One ``aiohttp.ClientSession`` per process (``open_session``), handed to every call: it pools the
 connections, so two batches in flight reuse two kept-alive sockets instead of a handshake each.
+
+Over https the session trusts the one CA the device was given at pairing (``fetch_ca`` checks it
+against the fingerprint a person read off the box or its pairing QR), never the device's whole trust
+store: a box whose certificate another CA signed is refused as ``UNTRUSTED_BOX``, a ``NeedsPerson``,
+since no retry makes that certificate the store's.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgpack
@@ -29,10 +35,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from replication import errors
 from replication.retry import retryable_status
+from replication.wire import tls
 from replication.wire.codec import Event, pack, sign_chain_head
 
 MSGPACK = "application/msgpack"
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=60, connect=5, sock_connect=5, sock_read=30)
+PLAIN_PORT = 8080  # where a box serves its CA in the clear, unless the pairing QR says otherwise
 
 
 class SyncError(errors.ReplicationError):
@@ -61,11 +69,18 @@ class PayloadTooLarge(NeedsPerson):
     """The body is over the box's ``max_request_bytes``; smaller batches will pass."""
 
 
-def open_session(timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT, *, connections: int = 4) -> aiohttp.ClientSession:
-    """The process's one client session. Close it (``async with``) when the process ends."""
+def open_session(
+    timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT, *, connections: int = 4, ca_pem: bytes | str | None = None
+) -> aiohttp.ClientSession:
+    """The process's one client session. Close it (``async with``) when the process ends.
+
+    ``ca_pem`` is the CA the box was paired with: https URLs are then trusted to it alone. Without
+    one, the device's trusted CAs decide (a box with a retailer's certificate from a public CA).
+    """
+    trust = tls.pinned_context(ca_pem) if ca_pem else True
     return aiohttp.ClientSession(
         timeout=timeout,
-        connector=aiohttp.TCPConnector(limit=connections),
+        connector=aiohttp.TCPConnector(limit=connections, ssl=trust),
         headers={"Accept": f"{MSGPACK}, application/json"},
         raise_for_status=False,
     )
@@ -119,6 +134,12 @@ async def request(
             retry_after = _seconds(answer.headers.get("Retry-After"))
     except TimeoutError as exc:
         raise Retryable(f"no answer from {url} in time", code="TIMEOUT") from exc
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise NeedsPerson(
+            f"{url} presented a certificate the store CA this device paired with did not sign: not this store's"
+            f" box, or its certificate was replaced; do not send to it ({exc.certificate_error})",
+            code="UNTRUSTED_BOX",
+        ) from exc
     except (aiohttp.ClientError, OSError) as exc:
         raise Retryable(f"{type(exc).__name__}: {exc}", code="NETWORK") from exc
     try:
@@ -144,6 +165,32 @@ def _seconds(value: str | None) -> float:
 
 def _url(base_url: str, path: str) -> str:
     return base_url.rstrip("/") + path
+
+
+def ca_url(box_url: str, plain_port: int = PLAIN_PORT) -> str:
+    """Where the box at ``box_url`` serves its CA in the clear: the same host, the plain port."""
+    host = urlsplit(box_url).hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{plain_port}/ca.pem"
+
+
+async def fetch_ca(http: aiohttp.ClientSession, url: str, fingerprint: str) -> bytes:
+    """The box's CA, fetched over plain HTTP and kept only if it has the fingerprint a person read off
+    the box's /ca page or its pairing QR: anyone on the LAN could answer a plain request."""
+    try:
+        async with http.get(url, headers={"Accept": "application/x-x509-ca-cert"}) as answer:
+            body = await answer.read()
+            status = answer.status
+    except TimeoutError as exc:
+        raise Retryable(f"no answer from {url} in time", code="TIMEOUT") from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise Retryable(f"{type(exc).__name__}: {exc}", code="NETWORK") from exc
+    if status != 200:
+        raise NeedsPerson(f"{url} answered {status}, not the store CA", status=status, code="NO_CA")
+    try:
+        return tls.check_ca(body, fingerprint)
+    except tls.TrustError as exc:
+        raise NeedsPerson(str(exc), code="CA_MISMATCH") from exc
 
 
 # -- the endpoints ----------------------------------------------------------------------------------

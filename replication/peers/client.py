@@ -6,11 +6,16 @@ that URL, so a box on the wrong end of a hijacked address gets nothing applied. 
 (wrong store, bad secret, a forged page). A ``PeerError`` is a ``replication.errors.ReplicationError``
 whose ``retryable`` is set per instance, and a refusal is judged by ``replication.retry``'s rule, the
 same one a handheld's sender follows.
+
+Over https a link trusts one CA: the store CA for the store's boxes, HQ's CA for HQ
+(``replication.wire.tls``). A peer whose certificate another CA signed is refused in the handshake,
+which is a person's problem (``UNTRUSTED``), not the network's.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,12 +52,17 @@ class Me:
 
 
 class PeerClient:
-    """One remote node at one URL; ``public_key`` is known once a hello has checked out."""
+    """One remote node at one URL; ``public_key`` is known once a hello has checked out.
 
-    def __init__(self, http: aiohttp.ClientSession, url: str, me: Me) -> None:
+    ``trust`` is the only CA an https URL's certificate may chain to; without one the machine's
+    trusted CAs decide (an HQ with a public certificate). An http URL ignores it.
+    """
+
+    def __init__(self, http: aiohttp.ClientSession, url: str, me: Me, *, trust: ssl.SSLContext | None = None) -> None:
         self.http = http
         self.url = url.rstrip("/")
         self.me = me
+        self.ssl: ssl.SSLContext | bool = trust if trust is not None else True
         self.node_id: str | None = None
         self.public_key: bytes | None = None
 
@@ -68,7 +78,9 @@ class PeerClient:
         headers = protocol.signed_headers(self.me.key, self.me.node_id, "POST", path, body, wall_ms())
         headers["Content-Type"] = content_type
         try:
-            async with self.http.post(self.url + path, data=body, headers=headers, timeout=timeout) as response:
+            async with self.http.post(
+                self.url + path, data=body, headers=headers, timeout=timeout, ssl=self.ssl
+            ) as response:
                 payload = await response.read()
                 if response.status >= 400:
                     raise _refusal(response.status, payload)
@@ -83,6 +95,8 @@ class PeerClient:
                 if problem is not None:
                     raise PeerError("BAD_SIGNATURE", f"answer from {self.url}: {problem}", retryable=False)
                 return payload
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise _untrusted(self.url, exc) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerError("UNREACHABLE", f"{self.url}: {exc!r}", retryable=True) from None
 
@@ -107,13 +121,15 @@ class PeerClient:
         headers["Content-Type"] = "application/msgpack"
         try:
             async with self.http.post(
-                self.url + "/api/replication/hello", data=body, headers=headers, timeout=TIMEOUT
+                self.url + "/api/replication/hello", data=body, headers=headers, timeout=TIMEOUT, ssl=self.ssl
             ) as response:
                 payload = await response.read()
                 if response.status >= 400:
                     raise _refusal(response.status, payload)
                 answer: dict[str, Any] = msgpack.unpackb(payload, raw=False)
                 signed = protocol.read_signature(response.headers)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise _untrusted(self.url, exc) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerError("UNREACHABLE", f"{self.url}: {exc!r}", retryable=True) from None
         except (ValueError, protocol.ProtocolError) as exc:
@@ -156,6 +172,11 @@ class PeerClient:
         if not isinstance(answer, dict):
             raise PeerError("BAD_ANSWER", f"{self.url} answered a lock operation with no map", retryable=False)
         return answer
+
+
+def _untrusted(url: str, exc: aiohttp.ClientConnectorCertificateError) -> PeerError:
+    """A certificate from another CA stays so however often it is asked: a person must look."""
+    return PeerError("UNTRUSTED", f"{url} presented a certificate this box does not trust: {exc}", retryable=False)
 
 
 def _refusal(status: int, payload: bytes) -> PeerError:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,8 +62,13 @@ class Replicator:
         http: aiohttp.ClientSession,
         discovered: Callable[[], list[str]] | None = None,
         hello_heard: Callable[[str, bool, int], None] | None = None,
+        *,
+        store_trust: ssl.SSLContext | None = None,
+        hq_trust: ssl.SSLContext | None = None,
     ) -> None:
         self.me = me
+        # The CA each kind of link trusts over https: the store's for its boxes, HQ's for HQ.
+        self._trust = {"peer": store_trust, "hq": hq_trust}
         # Told of every peer's hello answer (node id, whether it grants locks, at which epoch): a box
         # that grants learns at once that another box of the store says it does too.
         self._hello_heard = hello_heard
@@ -89,7 +95,8 @@ class Replicator:
         link = self._links.get(url)
         if link is None or link.kind != kind:
             base, ceiling = HQ_BACKOFF if kind == "hq" else PEER_BACKOFF
-            link = Link(url, kind, PeerClient(self.http, url, self.me), Backoff(base, ceiling, self._rng))
+            client = PeerClient(self.http, url, self.me, trust=self._trust[kind])
+            link = Link(url, kind, client, Backoff(base, ceiling, self._rng))
             self._links[url] = link
         return link
 

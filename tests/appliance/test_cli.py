@@ -13,6 +13,8 @@ from appliance.auth import people
 from appliance.box import open_box
 from appliance.cli import main
 from appliance.settings import describe
+from provisioning import certificates
+from provisioning.backup import backup
 from tests.conftest import FAST_PASSWORD_ENV, make_settings
 
 
@@ -51,10 +53,13 @@ def test_user_add_then_duplicate_is_refused(runner: CliRunner, tmp_path: Path) -
 
 def test_doctor_reports_a_healthy_box(runner: CliRunner, tmp_path: Path) -> None:
     open_box(make_settings(tmp_path)).close()
+    backup(make_settings(tmp_path))  # a healthy box has a recent backup
+    certificates.ensure_store_ca(tmp_path, "Doctor Store")  # and serves HTTPS
+    certificates.ensure_server_certificate(tmp_path, hostnames=["localhost"], addresses=["127.0.0.1"])
     result = runner.invoke(main, ["doctor", "--data-dir", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     checks = {c["name"]: c for c in json.loads(result.output)}
-    assert {"disk", "integrity", "schema", "node", "node_key", "chain"} <= set(checks)
+    assert {"disk", "integrity", "schema", "node", "node_key", "chain", "backup", "certificate"} <= set(checks)
     assert all(c["status"] == "ok" for c in checks.values()), checks
     assert "latest" in checks["schema"]["detail"]
 

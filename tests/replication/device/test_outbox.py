@@ -277,3 +277,29 @@ def test_two_processes_appending_share_one_gap_free_chain(tmp_path: Path) -> Non
         records = box.records()
     assert [r.seq for r in records] == list(range(1, 401))
     assert verify_chain([r.event(WRITER) for r in records]) is None
+
+
+def test_an_outbox_paired_before_https_keeps_its_identity_and_learns_no_ca(tmp_path: Path) -> None:
+    """A device paired with a plain-HTTP box, upgraded: its outbox gains the CA column, empty."""
+    import sqlite3
+
+    from replication.device import outbox as module
+
+    path = tmp_path / "outbox.db"
+    conn = sqlite3.connect(path)
+    for statement in module._SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(
+        "INSERT INTO identity VALUES (1, ?, 'token', 'http://127.0.0.1:1', 'store', 'node', 'HH', 1)", (WRITER,)
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with Outbox(path) as box:
+        assert box.identity() == identity()
+        assert box.identity().box_ca is None  # type: ignore[union-attr]
+        assert box.append("scan.recorded", scan()).seq == 1
+    with Outbox(tmp_path / "new" / "outbox.db") as box:
+        box.save_identity(Identity(WRITER, "t", "https://127.0.0.1:1", "store", "node", "HH", 1, box_ca="PEM"))
+        assert box.require_identity().box_ca == "PEM"
