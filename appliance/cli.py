@@ -499,6 +499,7 @@ def backup_command(config: Path | None, data_dir: Path | None, dest: Path | None
     settings = _settings(config, data_dir=data_dir)
     say = (lambda _line: None) if as_json else (lambda line: click.echo(f"... {line}", err=True))
     try:
+        backups.be_gentle()  # the box beside it keeps serving handhelds first
         made = backups.backup(settings, dest, method=method, progress=say)
     except (backups.BackupRefused, OSError) as exc:
         raise click.ClickException(str(exc)) from None
