@@ -116,15 +116,30 @@ def _hold(conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
     )
 
 
-def _row(event: Event, origin: str, reason: str, fx: dict[str, Any]) -> tuple[Any, ...]:
+def described(event: Event, reason: str) -> dict[str, Any]:
+    """A held event as ``events.held`` carries it: enough to leave its effect out without the event."""
+    return {
+        "event_id": event.event_id,
+        "writer_id": event.writer_id,
+        "seq": event.seq,
+        "type": event.type,
+        "session_id": event.payload["session_id"],
+        "reason": reason,
+        "hlc": event.hlc,
+        "effect": effect(event),
+    }
+
+
+def _row(held: dict[str, Any], origin: str) -> tuple[Any, ...]:
+    fx = held["effect"]
     return (
-        event.event_id,
+        held["event_id"],
         origin,
-        event.payload["session_id"],
-        event.writer_id,
-        event.seq,
-        event.type,
-        reason,
+        held["session_id"],
+        held["writer_id"],
+        held["seq"],
+        held["type"],
+        held["reason"],
         fx["kind"],
         fx.get("rack_id", ""),
         fx.get("code", ""),
@@ -132,7 +147,7 @@ def _row(event: Event, origin: str, reason: str, fx: dict[str, Any]) -> tuple[An
         fx.get("product_id", ""),
         fx.get("dp", 0),
         fx.get("dn", 0),
-        event.hlc,
+        held["hlc"],
     )
 
 
@@ -159,7 +174,7 @@ def _note_writers(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
         _hold(
             conn,
             [
-                _row(e, "closed", closed[e.payload["session_id"]][0], effect(e))
+                _row(described(e, closed[e.payload["session_id"]][0]), "closed")
                 for e in events
                 if e.payload["session_id"] in closed and e.seq > closed[e.payload["session_id"]][1].get(e.writer_id, 0)
             ],
@@ -206,7 +221,7 @@ def _status_changed(conn: sqlite3.Connection, event: Event) -> None:
         ):
             later = row_to_event(stored)
             if later.payload.get("session_id") == session_id:
-                rows.append(_row(later, "closed", reason, effect(later)))
+                rows.append(_row(described(later, reason), "closed"))
     _hold(conn, rows)
 
 
@@ -225,52 +240,12 @@ def _unpack_vector(data: bytes) -> dict[str, int]:
 # -- held on arrival ------------------------------------------------------------------------------
 def hold_checked(conn: sqlite3.Connection, log: EventLog, held: list[tuple[Event, str]]) -> None:
     """Record that the box holds these just-stored events (one event for the batch)."""
-    log.record(
-        conn,
-        "events.held",
-        {
-            "events": [
-                {
-                    "event_id": e.event_id,
-                    "writer_id": e.writer_id,
-                    "seq": e.seq,
-                    "type": e.type,
-                    "session_id": e.payload["session_id"],
-                    "reason": reason,
-                    "hlc": e.hlc,
-                    "effect": effect(e),
-                }
-                for e, reason in held
-            ]
-        },
-    )
+    log.record(conn, "events.held", {"events": [described(e, reason) for e, reason in held]})
 
 
 @projector("events.held")
 def _events_held(conn: sqlite3.Connection, event: Event) -> None:
-    rows = []
-    for h in event.payload["events"]:
-        fx = h["effect"]
-        rows.append(
-            (
-                h["event_id"],
-                "checked",
-                h["session_id"],
-                h["writer_id"],
-                h["seq"],
-                h["type"],
-                h["reason"],
-                fx["kind"],
-                fx.get("rack_id", ""),
-                fx.get("code", ""),
-                fx.get("entry_writer", ""),
-                fx.get("product_id", ""),
-                fx.get("dp", 0),
-                fx.get("dn", 0),
-                h["hlc"],
-            )
-        )
-    _hold(conn, rows)
+    _hold(conn, [_row(held, "checked") for held in event.payload["events"]])
 
 
 # -- decisions ------------------------------------------------------------------------------------
