@@ -10,7 +10,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -176,8 +176,24 @@ def serve(config: Path | None, **flags: Any) -> None:
     # Bound here, before the app starts: a port already taken stops the start with uvicorn's one-line
     # message instead of leaving a box that serves HTTPS with no plain port beside it.
     sockets = (secure.bind_socket(), plain.bind_socket())
+    served = identity
+
+    def refresh() -> None:
+        """Renew when due, and serve what the files hold: the next handshake uses the new certificate."""
+        nonlocal served
+        current = _server_identity(settings)
+        context = secure.ssl  # the Config's context, which every new handshake reads
+        if current is None or current.fingerprint == served.fingerprint or context is None:
+            return
+        context.load_cert_chain(current.cert_path, current.key_path)
+        log.info(
+            "server certificate reloaded",
+            extra={"tls_fingerprint": current.fingerprint, "not_after": current.not_after.isoformat()},
+        )
+        served = current
+
     with asyncio.Runner(loop_factory=secure.get_loop_factory()) as runner:
-        runner.run(_serve_together(_listener(secure), _listener(plain), sockets))
+        runner.run(_serve_together(_listener(secure), _listener(plain), sockets, (refresh, settings.tls_check_s)))
 
 
 def _server_identity(settings: Settings) -> ServerIdentity | None:
@@ -234,7 +250,10 @@ def _listener(config: uvicorn.Config) -> uvicorn.Server:
 
 
 async def _serve_together(
-    secure: uvicorn.Server, plain: uvicorn.Server, sockets: tuple[socket.socket, socket.socket]
+    secure: uvicorn.Server,
+    plain: uvicorn.Server,
+    sockets: tuple[socket.socket, socket.socket],
+    refresh: tuple[Callable[[], None], float],
 ) -> None:
     """Both listeners in one event loop, so the app, its lifespan and the database exist once.
 
@@ -255,11 +274,23 @@ async def _serve_together(
         await asyncio.sleep(0.05)
     if secure.started:
         tasks.append(asyncio.create_task(plain.serve(sockets=[sockets[1]]), name="http"))
+    keeper = asyncio.create_task(_keep_certificate(*refresh), name="certificate")
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    keeper.cancel()
     for server in (plain, secure):
         server.should_exit = True
     for task in tasks:
         await task
+
+
+async def _keep_certificate(refresh: Callable[[], None], every_s: float) -> None:
+    """A box that runs for a year without a restart still never lets its certificate lapse."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await asyncio.to_thread(refresh)
+        except Exception:
+            log.exception("server certificate check failed; the box serves the one it has")
 
 
 @main.command("settings")

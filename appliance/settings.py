@@ -190,6 +190,12 @@ class Settings:
     https_port: int = setting(
         8443, _int(1, 65535), "TCP port for HTTPS, used when the data dir holds a server certificate (tls/)"
     )
+    tls_check_s: int = setting(
+        43_200,
+        _int(1, 7 * 86_400),
+        "seconds between checks of the server certificate while the box runs: renewed when due, and served"
+        " from the next connection on when it was replaced (a retailer's new one)",
+    )
     store_id: str = setting("store-001", _store_id, "this store's id, the same on every box of the store")
     store_name: str = setting("Store", _text(120), "the store's name as people see it")
     role: str = setting("box", _choice(*ROLES), "box (in a store) or hq (the hub that receives every store)")

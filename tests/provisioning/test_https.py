@@ -235,3 +235,24 @@ def test_mdns_advertises_the_https_port_and_the_certificate_fingerprint(tmp_path
     assert peer.fingerprint == identity.fingerprint
     assert peer.url == f"https://{lan}:{server.https_port}"
     assert f"tls_fingerprint={identity.fingerprint}" in server.output()
+
+
+def test_a_certificate_replaced_while_the_box_runs_is_served_without_a_restart(tmp_path: Path) -> None:
+    data_dir = tmp_path / "box"
+    first = provisioned(data_dir, "Night Shift")
+    server = ServerProcess(data_dir, https=True, env={"STOCKVERIFY_TLS_CHECK_S": "1"})
+    try:
+        server.wait_ready()
+        context = ssl_context_from_ca(data_dir)
+        assert hashlib.sha256(_peer_certificate(server.https_port or 0, context)).hexdigest() == first.fingerprint
+        # A new address for the box: the certificate is issued again, as provisioning would.
+        second = ensure_server_certificate(data_dir, hostnames=["localhost"], addresses=["127.0.0.1", "10.9.8.7"])
+        assert second.fingerprint != first.fingerprint
+        deadline = time.monotonic() + 10
+        while hashlib.sha256(_peer_certificate(server.https_port or 0, context)).hexdigest() != second.fingerprint:
+            assert time.monotonic() < deadline, server.output()[-2000:]
+            time.sleep(0.2)
+        assert httpx.get(server.url + "/api/health", verify=context).status_code == 200
+        assert "server certificate reloaded" in server.output()
+    finally:
+        server.stop()
