@@ -12,7 +12,6 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
-from litestar.serialization import encode_msgpack
 from litestar.types import ControllerRouterHandler
 
 from appliance import __version__
@@ -33,7 +32,7 @@ from appliance.api import (
 from appliance.api import hq as hq_api
 from appliance.api import log as log_api
 from appliance.api import replication as replication_api
-from appliance.api.deps import authorizer, dependencies
+from appliance.api.deps import authorizer, dependencies, in_requests_format
 from appliance.api.openapi import document
 from appliance.box import Box
 from appliance.errors import StockVerifyError
@@ -78,39 +77,6 @@ _HTTP_CODES = {
 _TOO_DEEP = "while deserializing an object"
 
 
-MSGPACK = "application/msgpack"
-JSON = "application/json"
-
-
-def _wants_msgpack(request: Request[Any, Any, State] | None) -> bool:
-    """Whether a refusal goes back as msgpack: the request's format (docs/sync-protocol.md §3), so a
-    handheld that speaks msgpack reads its refusals with the decoder it reads its answers with.
-
-    A request with a body is answered in the body's format; one without, in the format its Accept
-    header prefers. Box-to-box routes keep JSON whatever they send: the peer client reads their
-    refusals as JSON (``replication.peers.client``)."""
-    if request is None:
-        return False
-    handler = request.scope.get("route_handler")
-    if handler is not None and handler.opt.get("node"):
-        return False
-    content_type = request.headers.get("content-type")
-    if content_type is not None:
-        return content_type.strip().lower().startswith(MSGPACK)  # as the sync routes read it
-    return request.accept.best_match([JSON, MSGPACK], default=JSON) == MSGPACK
-
-
-def _refusal(
-    request: Request[Any, Any, State] | None,
-    body: dict[str, Any],
-    status: int,
-    headers: dict[str, str] | None = None,
-) -> Response[Any]:
-    if _wants_msgpack(request):
-        return Response(encode_msgpack(body), status_code=status, headers=headers, media_type=MSGPACK)
-    return Response(body, status_code=status, headers=headers)
-
-
 def _error_response(request: Request[Any, Any, State] | None, exc: Exception) -> Response[Any]:
     """Every error leaves the box as ``{code, message, details}`` with a stable code, in the request's
     format (msgpack or JSON)."""
@@ -119,20 +85,20 @@ def _error_response(request: Request[Any, Any, State] | None, exc: Exception) ->
         # again in the header every HTTP client reads, as well as in its details.
         wait = exc.details.get("retry_after_s") if isinstance(exc.details, dict) else None
         headers = {"Retry-After": str(wait)} if isinstance(wait, int) else None
-        return _refusal(request, exc.to_dict(), exc.status, headers)
+        return in_requests_format(request, exc.to_dict(), exc.status, headers)
     if isinstance(exc, RecursionError) and _TOO_DEEP in str(exc):
         too_deep = {"code": "VALIDATION", "message": "the body is nested too deep", "details": None}
-        return _refusal(request, too_deep, 400)
+        return in_requests_format(request, too_deep, 400)
     if isinstance(exc, ValidationException):
         body = {"code": "VALIDATION", "message": exc.detail, "details": exc.extra}
-        return _refusal(request, body, 400)
+        return in_requests_format(request, body, 400)
     if isinstance(exc, HTTPException):
         code = _HTTP_CODES.get(exc.status_code, f"HTTP_{exc.status_code}")
         body = {"code": code, "message": exc.detail, "details": exc.extra or None}
-        return _refusal(request, body, exc.status_code, exc.headers)
+        return in_requests_format(request, body, exc.status_code, exc.headers)
     log.exception("unhandled error", exc_info=exc)
     body = {"code": "INTERNAL", "message": "the box hit an internal error; see its log", "details": None}
-    return _refusal(request, body, 500)
+    return in_requests_format(request, body, 500)
 
 
 def _check_declared(routes: list[HTTPRouteHandler]) -> None:

@@ -36,16 +36,13 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 # The folds every event is applied with; importing the box registers them, as it does for serve.
 import appliance.box  # noqa: F401
 from appliance.counting import authority
 from appliance.settings import CONFIG_FILE_NAME, Settings
 from appliance.store.db import connect, transaction
 from appliance.store.eventlog import EventLog, enroll_writer, new_id, verify_writer_chain
-from appliance.store.identity import KEY_FILE, public_bytes
+from appliance.store.identity import KEY_FILE, load_or_create_key, public_bytes
 from appliance.store.migrations import current_version
 from replication.wire.hlc import HybridClock
 
@@ -503,18 +500,6 @@ def _target_store(data_dir: Path) -> str | None:
         return "(unreadable)"
 
 
-def _write_key(path: Path, key: Ed25519PrivateKey) -> None:
-    seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, seed)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def become_new_writer(staging: Path, manifest: dict[str, Any]) -> str:
     """Make the restored box a new writer: a new node id and key, enrolled by a ``writer.enrolled``
     event at the start of its own chain, exactly as a box's first start does. The old writer stays
@@ -522,13 +507,10 @@ def become_new_writer(staging: Path, manifest: dict[str, Any]) -> str:
     archive), so nothing on this box can extend that chain again. If the old box granted the store's
     locks, the new one takes over at the next epoch, or claims would go to a box that is gone."""
     old = str(manifest["node_id"])
-    key = Ed25519PrivateKey.generate()
     node_id = new_id()
     store_id = str(manifest["store_id"])
-    (staging / "keys").mkdir(parents=True, exist_ok=True)
-    old_key = staging / "keys" / KEY_FILE
-    old_key.unlink(missing_ok=True)
-    _write_key(old_key, key)
+    (staging / "keys" / KEY_FILE).unlink(missing_ok=True)
+    key, _ = load_or_create_key(staging / "keys")  # a new one, made as a box's first start makes it
     conn = connect(staging / DB_NAME)
     try:
         last_hlc = int(conn.execute("SELECT max(hlc) FROM events").fetchone()[0] or 0)

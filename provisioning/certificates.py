@@ -23,7 +23,6 @@ previous certificate rather than half of a new one.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import ipaddress
 import os
@@ -39,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from provisioning.files import write_whole
 from replication.wire import tls
 
 TLS_DIR = "tls"
@@ -79,21 +79,6 @@ def _tls_dir(data_dir: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     return folder
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Whole or not at all, and a key never readable by others even for the moment before chmod."""
-    partial = path.with_name(f".{path.name}.partial")
-    with contextlib.suppress(FileNotFoundError):
-        partial.unlink()
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(partial, mode)
-    os.replace(partial, path)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -165,8 +150,8 @@ def ensure_store_ca(data_dir: Path, store_name: str) -> Path:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write(key_path, _key_pem(key), 0o600)
-    _write(ca_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_whole(key_path, _key_pem(key), 0o600)
+    write_whole(ca_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
     return ca_path
 
 
@@ -266,8 +251,8 @@ def ensure_server_certificate(
         )
         chain = certificate.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM)
         # The key first: a certificate in place without its key would stop the next start.
-        _write(folder / SERVER_KEY_FILE, _key_pem(key), 0o600)
-        _write(folder / SERVER_FILE, chain, 0o644)
+        write_whole(folder / SERVER_KEY_FILE, _key_pem(key), 0o600)
+        write_whole(folder / SERVER_FILE, chain, 0o644)
     identity = load_server_identity(data_dir)
     assert identity is not None  # written above or kept because it was readable
     return identity
@@ -300,8 +285,8 @@ def install_supplied_certificate(data_dir: Path, cert_pem: bytes, key_pem: bytes
     key_bytes = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _write(folder / SERVER_KEY_FILE, key_bytes, 0o600)
-    _write(folder / SERVER_FILE, pem, 0o644)
+    write_whole(folder / SERVER_KEY_FILE, key_bytes, 0o600)
+    write_whole(folder / SERVER_FILE, pem, 0o644)
     identity = load_server_identity(data_dir)
     assert identity is not None
     return identity

@@ -25,7 +25,7 @@ from appliance.store.eventlog import verify_writer_chain
 from appliance.store.identity import KEY_FILE, load_or_create_key, public_bytes
 from appliance.store.migrations import LATEST, current_version
 from provisioning.backup import newest_archive
-from provisioning.certificates import load_server_identity
+from provisioning.certificates import CA_FILE, TLS_DIR, load_server_identity
 
 DISK_WARN_BYTES = 1024**3
 CERT_WARN_DAYS = 30
@@ -34,7 +34,6 @@ NEIGHBOUR_TIMEOUT_S = 3.0
 # each other's handhelds. A few seconds is what NTP on a store LAN keeps.
 CLOCK_WARN_S = 5
 CLOCK_FAIL_S = 300
-STORE_CA_FILE = "tls/ca.pem"
 # Where the box itself starts saying "degraded" on /api/health: the doctor fails at the same point, so
 # the tech and the dashboard never disagree about whether the disk is the problem.
 DISK_FAIL_BYTES = DISK_LOW_BYTES
@@ -110,7 +109,7 @@ def _neighbours(settings: Settings) -> list[Check]:
     """Every peer and HQ: reachable, and their clock against ours (a box minutes apart from the others
     orders edits wrongly, and handhelds synced to it are refused as ahead elsewhere)."""
     checks = []
-    store_ca = settings.data_dir / STORE_CA_FILE
+    store_ca = settings.data_dir / TLS_DIR / CA_FILE
     for kind, url, ca in [
         *(("peer", peer, store_ca) for peer in settings.peers),
         *(

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from appliance.auth import people
-from appliance.box import open_box
+from appliance.box import Box, open_box
 from appliance.catalog import product_import
-from appliance.settings import CONFIG_FILE_NAME, load_settings
+from appliance.settings import CONFIG_FILE_NAME, Settings, load_settings
 from provisioning import certificates
+from provisioning.files import write_if_changed, write_whole
 
 UNITS_DIR = Path(__file__).resolve().parents[1] / "systemd"
 UNIT_FILES = ("stockverify.service", "stockverify-backup.service", "stockverify-backup.timer")
@@ -115,15 +116,20 @@ def provision(plan: Plan, report: Callable[[Step], None] = lambda step: None) ->
 
     plan.data_dir.mkdir(parents=True, exist_ok=True)
     done(_settings_file(plan))
-    done(_the_box(plan))
-    done(_admin(plan))
-    tls, outcome.fingerprint = _tls(plan)
-    done(tls)
-    done(_hq(plan))
-    if plan.install_units:
-        done(_units(plan))
-    done(_products(plan))
-    outcome.ca_page, outcome.next_steps = _next_steps(plan, outcome.fingerprint)
+    existed = (plan.data_dir / "store.db").is_file()
+    box = open_box(load_settings({"data_dir": plan.data_dir}))
+    try:
+        done(_the_box(box, existed))
+        done(_admin(plan, box))
+        tls, outcome.fingerprint = _tls(plan)
+        done(tls)
+        done(_hq(plan))
+        if plan.install_units:
+            done(_units(plan))
+        done(_products(plan, box))
+    finally:
+        box.close()
+    outcome.ca_page, outcome.next_steps = _next_steps(plan, box.settings, outcome.fingerprint)
     return outcome
 
 
@@ -153,7 +159,7 @@ def _settings_file(plan: Plan) -> Step:
     if wanted == existing:
         return Step("settings", False, f"{path} already as asked")
     text = "".join(f"{key} = {_toml(value)}\n" for key, value in sorted(wanted.items()))
-    _write_private(path, text.encode())
+    write_whole(path, text.encode(), 0o600)  # it may hold the store secret
     load_settings({"data_dir": plan.data_dir})  # every value is read back as the box reads it
     return Step("settings", True, f"wrote {path}")
 
@@ -168,34 +174,25 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 
-def _the_box(plan: Plan) -> Step:
-    existed = (plan.data_dir / "store.db").is_file()
-    box = open_box(load_settings({"data_dir": plan.data_dir}))
-    try:
-        node = box.node
-    finally:
-        box.close()
+def _the_box(box: Box, existed: bool) -> Step:
+    node = box.node
     if existed:
         return Step("box", False, f"node {node.node_id} of store {node.store_id}")
     return Step("box", True, f"made node {node.node_id} of store {node.store_id}, its key and database")
 
 
-def _admin(plan: Plan) -> Step:
-    settings = load_settings({"data_dir": plan.data_dir})
-    box = open_box(settings)
-    try:
-        found = box.db.read().execute("SELECT user_id FROM users WHERE username = ?", (plan.admin_username,)).fetchone()
-        if found is not None:
-            return Step("admin", False, f"{plan.admin_username} already exists")
-        if not plan.admin_password:
-            raise ProvisionError("the first admin needs a password: --admin-password or admin_password in the plan")
-        name = people.check_new_user(plan.admin_username, "admin", plan.admin_password)
-        password_hash = people.Passwords(settings.password_memory_kib, settings.password_time_cost).hash(
-            plan.admin_password
-        )
-        box.db.write(lambda conn: people.add_user(conn, box.log, name, "Administrator", "admin", password_hash))
-    finally:
-        box.close()
+def _admin(plan: Plan, box: Box) -> Step:
+    found = box.db.read().execute("SELECT user_id FROM users WHERE username = ?", (plan.admin_username,)).fetchone()
+    if found is not None:
+        return Step("admin", False, f"{plan.admin_username} already exists")
+    if not plan.admin_password:
+        raise ProvisionError("the first admin needs a password: --admin-password or admin_password in the plan")
+    name = people.check_new_user(plan.admin_username, "admin", plan.admin_password)
+    settings = box.settings
+    password_hash = people.Passwords(settings.password_memory_kib, settings.password_time_cost).hash(
+        plan.admin_password
+    )
+    box.db.write(lambda conn: people.add_user(conn, box.log, name, "Administrator", "admin", password_hash))
     return Step("admin", True, f"added {plan.admin_username} (admin)")
 
 
@@ -270,7 +267,7 @@ def _units(plan: Plan) -> Step:
         links[root / "etc/systemd/system/timers.target.wants/stockverify-backup.timer"] = Path(
             "../stockverify-backup.timer"
         )
-    written = [path for path, content in wanted.items() if _put(path, content)]
+    written = [path for path, content in wanted.items() if write_if_changed(path, content)]
     for link, target in links.items():
         if link.is_symlink() and Path(os.readlink(link)) == target:
             continue
@@ -284,28 +281,7 @@ def _units(plan: Plan) -> Step:
     return Step("units", True, f"installed {len(written)} file(s) under {root} (units enabled)")
 
 
-def _put(path: Path, content: bytes) -> bool:
-    if path.is_file() and path.read_bytes() == content:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".new")
-    temporary.write_bytes(content)
-    temporary.replace(path)
-    return True
-
-
-def _write_private(path: Path, content: bytes) -> None:
-    """A file that may hold the store secret: readable by the box's user only, replaced atomically."""
-    temporary = path.with_name(path.name + ".new")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-    temporary.replace(path)
-
-
-def _products(plan: Plan) -> Step:
+def _products(plan: Plan, box: Box) -> Step:
     if plan.products is None:
         return Step("products", False, "no product master given: import one later (stockverify products import)")
     data = plan.products.read_bytes()
@@ -314,26 +290,21 @@ def _products(plan: Plan) -> Step:
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     if state.get("products_sha256") == digest:
         return Step("products", False, f"{plan.products.name} already imported")
-    box = open_box(load_settings({"data_dir": plan.data_dir}))
-    try:
-        parsed = product_import.parse_file(data, plan.products.name)
-        if parsed.errors:
-            first = parsed.errors[0]
-            raise ProvisionError(
-                f"{plan.products.name}: {len(parsed.errors)} problem(s), nothing imported; line {first.get('line')}"
-                f" {first.get('column')}: {first.get('reason')}"
-            )
-        result = box.db.write(lambda conn: product_import.commit(conn, box.log, parsed))
-    finally:
-        box.close()
-    _put(state_path, json.dumps({**state, "products_sha256": digest}, indent=2).encode())
+    parsed = product_import.parse_file(data, plan.products.name)
+    if parsed.errors:
+        first = parsed.errors[0]
+        raise ProvisionError(
+            f"{plan.products.name}: {len(parsed.errors)} problem(s), nothing imported; line {first.get('line')}"
+            f" {first.get('column')}: {first.get('reason')}"
+        )
+    result = box.db.write(lambda conn: product_import.commit(conn, box.log, parsed))
+    write_if_changed(state_path, json.dumps({**state, "products_sha256": digest}, indent=2).encode())
     return Step("products", True, f"imported {result['rows']} products from {plan.products.name}")
 
 
-def _next_steps(plan: Plan, fingerprint: str) -> tuple[str, list[str]]:
-    settings = load_settings({"data_dir": plan.data_dir})
+def _next_steps(plan: Plan, settings: Settings, fingerprint: str) -> tuple[str, list[str]]:
     host = (plan.hostnames or [socket.gethostname()])[0]
-    https_port = getattr(settings, "https_port", 8443)
+    https_port = settings.https_port
     ca_page = f"http://{host}.local:{settings.port}/ca"
     groups = " ".join(fingerprint[i : i + 4] for i in range(0, min(len(fingerprint), 32), 4))
     return ca_page, [
@@ -358,7 +329,7 @@ def copy_store_ca(source_dir: Path, data_dir: Path) -> bool:
     """A second box of a store uses the first box's CA, so handhelds trust one certificate per store."""
     target = data_dir / certificates.TLS_DIR
     changed = False
-    for name in ("ca.pem", "ca-key.pem"):
+    for name in (certificates.CA_FILE, certificates.CA_KEY_FILE):
         source = source_dir / name
         if not source.is_file():
             raise ProvisionError(f"{source} is missing: copy ca.pem and ca-key.pem from the store's first box")
@@ -366,6 +337,6 @@ def copy_store_ca(source_dir: Path, data_dir: Path) -> bool:
         if destination.is_file() and destination.read_bytes() == source.read_bytes():
             continue
         target.mkdir(parents=True, exist_ok=True)
-        _write_private(destination, source.read_bytes())
+        write_whole(destination, source.read_bytes(), 0o600)
         changed = True
     return changed

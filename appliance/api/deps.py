@@ -8,10 +8,12 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
-from litestar import Request
+from litestar import Request, Response
 from litestar.connection import ASGIConnection
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.handlers.base import BaseRouteHandler
+from litestar.serialization import encode_msgpack
 
 from appliance.auth.devices import Device, device_for_token
 from appliance.auth.people import LoginThrottle, Passwords, StreamTickets, User, user_for_ticket, user_for_token
@@ -34,6 +36,39 @@ LIST_BODY = 1024 * 1024
 # The largest integer SQLite stores; a larger one handed to a query raises OverflowError (a 500), so
 # numbers that reach SQL unchecked are bounded where they are read.
 SQL_INT_MAX = 2**63 - 1
+
+
+MSGPACK = "application/msgpack"
+JSON = "application/json"
+
+
+def wants_msgpack(request: Request[Any, Any, State] | None) -> bool:
+    """Whether an answer goes back as msgpack: the request's format (docs/sync-protocol.md §3), so a
+    handheld that speaks msgpack reads answers and refusals alike with one decoder.
+
+    A request with a body is answered in the body's format; one without, in the format its Accept
+    header prefers. Box-to-box routes keep JSON refusals whatever they send: the peer client reads
+    them as JSON (``replication.peers.client``)."""
+    if request is None:
+        return False
+    handler = request.scope.get("route_handler")
+    if handler is not None and handler.opt.get("node"):
+        return False
+    content_type = request.headers.get("content-type")
+    if content_type is not None:
+        return content_type.strip().lower().startswith(MSGPACK)
+    return request.accept.best_match([JSON, MSGPACK], default=JSON) == MSGPACK
+
+
+def in_requests_format(
+    request: Request[Any, Any, State] | None,
+    body: dict[str, Any],
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response[Any]:
+    if wants_msgpack(request):
+        return Response(encode_msgpack(body), status_code=status, headers=headers, media_type=MSGPACK)
+    return Response(body, status_code=status, headers=headers)
 
 
 def one_of(values: Iterable[str]) -> msgspec.Meta:

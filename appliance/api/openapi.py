@@ -379,7 +379,7 @@ def document(app: Litestar) -> OpenAPI:
         ),
     }
     error_body = OpenAPIMediaType(schema=Reference(ref=f"#/components/schemas/{ERROR_BODY}"))
-    # A refusal comes back in the request's format (``app._wants_msgpack``); box-to-box routes keep JSON.
+    # A refusal comes back in the request's format (``deps.wants_msgpack``); box-to-box routes keep JSON.
     error_json = {"application/json": error_body}
     error_either = {**error_json, _MSGPACK: error_body}
     closed: set[str] = set()

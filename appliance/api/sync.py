@@ -10,6 +10,7 @@ from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import RawBody
 
+from appliance.api.deps import JSON, MSGPACK, in_requests_format, wants_msgpack
 from appliance.auth import devices
 from appliance.auth.devices import Device
 from appliance.box import Box
@@ -46,7 +47,7 @@ def decode_heartbeat(body: bytes, content_type: str) -> Heartbeat:
     Every malformed one is ``400 VALIDATION``, as a malformed batch is (docs/sync-protocol.md §3.2):
     a device acts on the code alone, so the format it sent must not change the code it gets."""
     try:
-        if content_type.startswith(sync.MSGPACK):
+        if content_type.startswith(MSGPACK):
             return _MSGPACK_HEARTBEAT.decode(body)
         return _JSON_HEARTBEAT.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
@@ -54,9 +55,9 @@ def decode_heartbeat(body: bytes, content_type: str) -> Heartbeat:
 
 
 @post("/api/sync/batch", opt={"device": True}, status_code=200)
-async def batch(request: Request[Any, Any, State], box: Box, device: Device) -> Response[bytes]:
+async def batch(request: Request[Any, Any, State], box: Box, device: Device) -> Response[Any]:
     """Answered only once the batch's transaction is committed (group commit shares the fsync)."""
-    content_type = request.headers.get("content-type", "application/json")
+    content_type = MSGPACK if wants_msgpack(request) else JSON  # the body's format, read as answers are
     wire = sync.decode_batch(await request.body(), content_type)
     events, refused = sync.precheck(device, wire, box.log.clock)
     if refused is None:
@@ -74,8 +75,7 @@ async def batch(request: Request[Any, Any, State], box: Box, device: Device) -> 
         "expected_seq": outcome.expected_seq,
         "server_hlc": box.log.clock.now(),
     }
-    body, media_type = sync.encode_answer(answer, content_type)
-    return Response(body, media_type=media_type)
+    return in_requests_format(request, answer)
 
 
 def _device_sessions(box: Box, device: Device) -> list[dict[str, Any]]:
@@ -100,9 +100,9 @@ def heartbeat(
     device: Device,
     device_forwarder: LockForwarder | None,
     request: Request[Any, Any, State],
-) -> Response[bytes]:
+) -> Response[Any]:
     """Read in a worker thread: it writes the device's presence and renews its leases."""
-    content_type = request.headers.get("content-type", "application/json")
+    content_type = MSGPACK if wants_msgpack(request) else JSON  # the body's format, read as answers are
     data = decode_heartbeat(body, content_type)
     depth = int(data.queue_depth)
     address = request.client.host if request.client else ""
@@ -137,12 +137,11 @@ def heartbeat(
         "lease_renew_s": box.settings.lease_renew_s,
         "sessions": _device_sessions(box, device),
     }
-    encoded, media_type = sync.encode_answer(answer, content_type)
-    return Response(encoded, media_type=media_type)
+    return in_requests_format(request, answer)
 
 
 @get("/api/sync/pull", opt={"device": True}, sync_to_thread=True)
-def pull(box: Box, device: Device, session_id: str, request: Request[Any, Any, State]) -> Response[bytes]:
+def pull(box: Box, device: Device, session_id: str, request: Request[Any, Any, State]) -> Response[Any]:
     """Refresh before write: the session as the box holds it (blind: no expected quantities), in the
     format the request's Accept header asks for, as its refusals are."""
     conn = box.db.read()
@@ -157,9 +156,7 @@ def pull(box: Box, device: Device, session_id: str, request: Request[Any, Any, S
         "head_seq": head[0],
         "server_hlc": box.log.clock.now(),
     }
-    wanted = request.accept.best_match(["application/json", sync.MSGPACK], default="application/json")
-    encoded, media_type = sync.encode_answer(answer, wanted or "application/json")
-    return Response(encoded, media_type=media_type)
+    return in_requests_format(request, answer)
 
 
 ROUTES: list[HTTPRouteHandler] = [batch, heartbeat, pull]

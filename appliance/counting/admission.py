@@ -151,7 +151,7 @@ def admit(conn: sqlite3.Connection, device_id: str, events: list[Event]) -> Verd
         first.setdefault((event.type, _KEY[event.type](event.payload)), event)
     known = _Known.read(conn, set(first), events)
     judged = {key: _judge(known, device_id, event) for key, event in first.items()}
-    if not known.undone and all(found is _CLEAR or found == _CLEAR for found in judged.values()):
+    if not known.undone and all(found == _CLEAR for found in judged.values()):
         return Verdict()
     verdict = Verdict()
     for index, event in enumerate(events):

@@ -34,7 +34,8 @@ from appliance.counting.codes import PRODUCT_CODE_PREFIX
 from appliance.counting.sessions import MANAGER_ROLES
 from appliance.errors import NotFound, ValidationFailed
 from appliance.store.eventlog import EventLog, projection_tables, projector, row_to_event, run_projector
-from replication.wire.codec import Event, pack, unpack
+from replication.wire import vectors
+from replication.wire.codec import Event, pack
 
 projection_tables("session_writers", "held_events", "held_decisions")
 
@@ -48,16 +49,8 @@ SESSION_EVENT_TYPES = (
     "serial.added",
     "serial.removed",
 )
+_TYPE_MARKS = ", ".join("?" for _ in SESSION_EVENT_TYPES)
 CLOSED_REASON = {"APPROVED": "SESSION_APPROVED", "VOID": "SESSION_VOID"}
-# Why an event is held, for the device's answer, the supervisor's list and docs/sync-protocol.md.
-REASONS = {
-    "SESSION_APPROVED": "the session was approved before this event reached the box",
-    "SESSION_VOID": "the session was voided before this event reached the box",
-    "SESSION_NOT_IN_PROGRESS": "the session was not in progress (not started, or submitted) when this event arrived",
-    "NOT_ASSIGNED": "the session is assigned to another device or verifier",
-    "SESSION_LOCKED": "another device holds the session's lock",
-    "PERSON_INACTIVE": "the person named in 'by' is deactivated or may not count",
-}
 DECISIONS = ("accepted", "rejected")
 MAX_DECIDE = 1000
 
@@ -161,7 +154,7 @@ def _closed(conn: sqlite3.Connection, session_ids: set[str]) -> dict[str, tuple[
             (session_id,),
         ).fetchone()
         if row is not None:
-            out[session_id] = (CLOSED_REASON[row[0]], _unpack_vector(row[1]))
+            out[session_id] = (CLOSED_REASON[row[0]], vectors.unpack(row[1]))
     return out
 
 
@@ -210,7 +203,8 @@ def _status_changed(conn: sqlite3.Connection, event: Event) -> None:
     if reason is None or vector is None:  # vector None: closed before closings carried one; nothing held
         conn.execute("UPDATE sessions SET closed_vector = NULL WHERE session_id = ?", (session_id,))
         return
-    conn.execute("UPDATE sessions SET closed_vector = ? WHERE session_id = ?", (_pack_vector(vector), session_id))
+    # Packed canonically: the same bytes on every replica, whatever order the payload's map came in.
+    conn.execute("UPDATE sessions SET closed_vector = ? WHERE session_id = ?", (pack(vector), session_id))
     rows = []
     for (writer_id,) in conn.execute(
         "SELECT writer_id FROM session_writers WHERE session_id = ?", (session_id,)
@@ -223,18 +217,6 @@ def _status_changed(conn: sqlite3.Connection, event: Event) -> None:
             if later.payload.get("session_id") == session_id:
                 rows.append(_row(described(later, reason), "closed"))
     _hold(conn, rows)
-
-
-_TYPE_MARKS = ", ".join("?" for _ in SESSION_EVENT_TYPES)
-
-
-def _pack_vector(vector: dict[str, int]) -> bytes:
-    return pack(vector)
-
-
-def _unpack_vector(data: bytes) -> dict[str, int]:
-    value: dict[str, int] = unpack(data)
-    return value
 
 
 # -- held on arrival ------------------------------------------------------------------------------

@@ -11,14 +11,12 @@ transaction. The answer is built only after that transaction is committed.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-import msgpack
 import msgspec
 
 from appliance.auth.devices import Device
@@ -242,12 +240,6 @@ def _from_json(raw: _JsonBatch) -> WireBatch:
     return WireBatch(raw.writer_id, events, head)
 
 
-def encode_answer(answer: dict[str, Any], content_type: str) -> tuple[bytes, str]:
-    if content_type.startswith(MSGPACK):
-        return msgpack.packb(answer, use_bin_type=True), MSGPACK
-    return json.dumps(answer).encode(), "application/json"
-
-
 # -- ingest ---------------------------------------------------------------------------------------
 @dataclass
 class Outcome:
@@ -357,7 +349,10 @@ def _reused_in_store(conn: sqlite3.Connection, events: list[Event]) -> int | Non
 def ingest(conn: sqlite3.Connection, log: EventLog, device: Device, events: list[Event], signature: bytes) -> Outcome:
     """The write job: compare with what is stored, append what is new, keep the signed head."""
     head = conn.execute(
-        "SELECT head_seq, head_hash, status FROM writers WHERE writer_id = ?", (device.writer_id,)
+        "SELECT head_seq, head_hash, status,"
+        " (SELECT hlc FROM events e WHERE e.writer_id = w.writer_id AND e.seq = w.head_seq) AS head_hlc"
+        " FROM writers w WHERE writer_id = ?",
+        (device.writer_id,),
     ).fetchone()
     outcome = Outcome(expected_seq=head["head_seq"] + 1)
     if head["status"] == "revoked":
@@ -382,18 +377,14 @@ def ingest(conn: sqlite3.Connection, log: EventLog, device: Device, events: list
         return outcome.refuse_all(
             events, "CHAIN_BROKEN", "the batch does not continue the stored chain", at=len(stored_part)
         )
-    if new and head["head_seq"]:
-        last_hlc = conn.execute(
-            "SELECT hlc FROM events WHERE writer_id = ? AND seq = ?", (device.writer_id, head["head_seq"])
-        ).fetchone()[0]
-        if new[0].hlc <= last_hlc:
-            return outcome.refuse_all(
-                events,
-                "CLOCK_BACKWARDS",
-                f"the hlc of seq {new[0].seq} is not above {last_hlc}, the hlc of the writer's stored seq"
-                f" {head['head_seq']}",
-                at=len(stored_part),
-            )
+    if new and head["head_hlc"] is not None and new[0].hlc <= head["head_hlc"]:
+        return outcome.refuse_all(
+            events,
+            "CLOCK_BACKWARDS",
+            f"the hlc of seq {new[0].seq} is not above {head['head_hlc']}, the hlc of the writer's stored seq"
+            f" {head['head_seq']}",
+            at=len(stored_part),
+        )
     verdict = admission.admit(conn, device.writer_id, new) if new else admission.Verdict()
     if verdict.refusal is not None:
         refusal = verdict.refusal
@@ -425,7 +416,6 @@ def ingest(conn: sqlite3.Connection, log: EventLog, device: Device, events: list
                 {"seq": e.seq, "event_id": e.event_id, "session_id": e.payload["session_id"], "reason": reason}
                 for e, reason in verdict.held
             ]
-    if new:
         last = new[-1]
         conn.execute(
             "INSERT OR REPLACE INTO chain_heads (writer_id, seq, hash, signature, signed_at) VALUES (?, ?, ?, ?, ?)",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,8 +21,8 @@ import httpx
 import pytest
 
 from tests.appliance.counting.test_locks import Handheld
-from tests.conftest import DEMO_PASSWORDS, ServerProcess, free_port
-from tests.replication.peers.test_lock_forwarding import PASSWORD, _start
+from tests.conftest import free_port
+from tests.replication.peers.boxes import Boxes, start
 
 MAIN = Path(__file__).resolve().parents[3]
 STORE_SECRET = "store-secret-for-the-lock-authority"
@@ -47,50 +46,34 @@ def _until(what: Callable[[], T | None], why: str, timeout: float = 30.0) -> T:
         time.sleep(0.1)
 
 
-class Store:
+class Store(Boxes):
     """Two boxes of one store that pull from each other; A holds the demo store, B starts empty."""
 
     def __init__(self, root: Path, b_env: dict[str, str]) -> None:
         ports = {"a": free_port(), "b": free_port()}
-        self.a = _start(
-            root / "a", ports["a"], "--demo", env={**COMMON, "STOCKVERIFY_PEERS": f"http://127.0.0.1:{ports['b']}"}
+        super().__init__(
+            {
+                "a": start(
+                    root / "a",
+                    ports["a"],
+                    "--demo",
+                    env={**COMMON, "STOCKVERIFY_PEERS": f"http://127.0.0.1:{ports['b']}"},
+                ),
+                "b": start(
+                    root / "b",
+                    ports["b"],
+                    env={**COMMON, **b_env, "STOCKVERIFY_PEERS": f"http://127.0.0.1:{ports['a']}"},
+                ),
+            }
         )
-        self.b = _start(
-            root / "b", ports["b"], env={**COMMON, **b_env, "STOCKVERIFY_PEERS": f"http://127.0.0.1:{ports['a']}"}
-        )
-        self._clients: dict[tuple[str, str], httpx.Client] = {}
-        self.people: dict[str, dict[str, Any]] = {}
+        self.a, self.b = self.boxes["a"], self.boxes["b"]
 
     def prepare(self) -> None:
         for box in (self.a, self.b):
             box.wait_ready()
         self.node = {name: httpx.get(self.box(name).url + "/api/health").json()["node_id"] for name in "ab"}
         self.wait_caught_up()
-        admin, boss = self.client("admin", "a"), self.client("supervisor", "a")
-        self.run_id: str = boss.post("/api/runs", json={"name": "one authority", "kind": "hard"}).json()["run_id"]
-        for name in ("holder", "rival"):
-            made = admin.post("/api/users", json={"username": name, "role": "verifier", "password": PASSWORD})
-            assert made.status_code == 201, made.text
-            session = boss.post(f"/api/runs/{self.run_id}/sessions", json={"verifier": name})
-            assert session.status_code == 201, session.text
-            self.people[name] = {"session_id": session.json()["session_id"]}
-        assert boss.post(f"/api/runs/{self.run_id}/start").status_code == 200
-        for name, person in self.people.items():
-            verifier = self.client(name, "a")
-            person["user_id"] = verifier.get("/api/auth/me").json()["user_id"]
-            assert verifier.post(f"/api/sessions/{person['session_id']}/start").status_code == 200
-        self.wait_caught_up()
-
-    def box(self, name: str) -> ServerProcess:
-        return self.a if name == "a" else self.b
-
-    def query(self, name: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        with sqlite3.connect(f"file:{self.box(name).data_dir / 'store.db'}?mode=ro", uri=True) as conn:
-            return conn.execute(sql, args).fetchall()
-
-    def vector(self, name: str) -> dict[str, int]:
-        rows = self.query(name, "SELECT writer_id, head_seq FROM writers WHERE head_seq > 0")
-        return {str(w): int(s) for w, s in rows}
+        self.start_count("one authority")
 
     def wait_caught_up(self) -> None:
         """Until each box holds every event the other holds."""
@@ -101,12 +84,6 @@ class Store:
 
         _until(level, "A and B did not catch up with each other", timeout=90)
 
-    def client(self, who: str, at: str) -> httpx.Client:
-        if (who, at) not in self._clients:
-            box = self.box(at)
-            self._clients[(who, at)] = box.client(box.login(who, DEMO_PASSWORDS.get(who, PASSWORD)))
-        return self._clients[(who, at)]
-
     def health(self, at: str) -> dict[str, Any]:
         answer: dict[str, Any] = httpx.get(self.box(at).url + "/api/health").json()
         return answer
@@ -115,26 +92,12 @@ class Store:
         found: dict[str, Any] = self.health(at)["locks"]
         return found
 
-    def claim(self, who: str, at: str, rack: str) -> httpx.Response:
-        session_id = self.people[who]["session_id"]
-        return self.client(who, at).post(f"/api/runs/{self.run_id}/racks/{rack}/claim", json={"session_id": session_id})
-
-    def last_token(self, at: str) -> int:
-        epoch, counter = self.query(at, "SELECT epoch, counter FROM lock_authority")[0]
-        return int(epoch) << 32 | int(counter)
-
     def rack_id(self, code: str) -> str:
         return str(self.query("a", "SELECT rack_id FROM racks WHERE code = ?", code)[0][0])
 
     def late_leases(self, at: str) -> list[dict[str, Any]]:
         queue = self.client("supervisor", at).get("/api/conflicts", params={"run_id": self.run_id}).json()
         return sorted((c for c in queue if c["kind"] == "late_lease"), key=lambda c: str(c["writer_id"]))
-
-    def close(self) -> None:
-        for client in self._clients.values():
-            client.close()
-        for box in (self.a, self.b):
-            box.stop()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,6 @@ proxy the tests cut or point at a port that never answers, and A reaches B throu
 from __future__ import annotations
 
 import socket
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,27 +16,20 @@ from typing import Any
 import httpx
 import pytest
 
-import tests.conftest
 from appliance.settings import SettingsError, load_settings
 from appliance.store.identity import load_or_create_key
 from replication.wire import protocol
 from replication.wire.hlc import wall_ms
-from tests.conftest import DEMO_PASSWORDS, ServerProcess, free_port
+from tests.conftest import free_port
 from tests.replication.faults import LinkProxy
+from tests.replication.peers.boxes import PASSWORD, Boxes, start
 
 STORE_SECRET = "store-secret-for-lock-forwarding"
 TTL_S = 8
 TIMEOUT_S = 1.0
-PASSWORD = "count-pass-1"
 
 
-def _start(data_dir: Path, port: int, *args: str, env: dict[str, str]) -> ServerProcess:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tests.conftest, "free_port", lambda: port)
-        return ServerProcess(data_dir, *args, env=env)
-
-
-class Store:
+class Store(Boxes):
     """Three boxes of one store, a running count, and two verifiers who each hold a counting session."""
 
     def __init__(self, root: Path) -> None:
@@ -52,36 +44,25 @@ class Store:
             "STOCKVERIFY_LEASE_RENEW_S": "1",
         }
         forwarding = {**common, "STOCKVERIFY_LOCK_AUTHORITY": "false", "STOCKVERIFY_LOCK_FORWARD_TIMEOUT_S": "1"}
-        self.a = _start(root / "a", ports["a"], "--demo", env={**common, "STOCKVERIFY_PEERS": self.to_b.url})
-        self.b = _start(root / "b", ports["b"], env={**forwarding, "STOCKVERIFY_PEERS": self.to_a.url})
-        self.c = _start(
-            root / "c",
-            ports["c"],
-            env={**forwarding, "STOCKVERIFY_LOCK_AUTHORITY_URL": f"http://127.0.0.1:{ports['a']}"},
+        super().__init__(
+            {
+                "a": start(root / "a", ports["a"], "--demo", env={**common, "STOCKVERIFY_PEERS": self.to_b.url}),
+                "b": start(root / "b", ports["b"], env={**forwarding, "STOCKVERIFY_PEERS": self.to_a.url}),
+                "c": start(
+                    root / "c",
+                    ports["c"],
+                    env={**forwarding, "STOCKVERIFY_LOCK_AUTHORITY_URL": f"http://127.0.0.1:{ports['a']}"},
+                ),
+            }
         )
+        self.a, self.b, self.c = self.boxes["a"], self.boxes["b"], self.boxes["c"]
         self.a_port = ports["a"]
-        self._clients: dict[tuple[str, str], httpx.Client] = {}
 
     def prepare(self) -> None:
-        for box in (self.a, self.b, self.c):
+        for box in self.boxes.values():
             box.wait_ready()
         self.wait_caught_up()
-        admin, boss = self.client("admin", "a"), self.client("supervisor", "a")
-        self.run_id: str = boss.post("/api/runs", json={"name": "forwarded claims", "kind": "hard"}).json()["run_id"]
-        self.people: dict[str, dict[str, Any]] = {}
-        for name in ("holder", "rival"):
-            made = admin.post("/api/users", json={"username": name, "role": "verifier", "password": PASSWORD})
-            assert made.status_code == 201, made.text
-            session = boss.post(f"/api/runs/{self.run_id}/sessions", json={"verifier": name})
-            assert session.status_code == 201, session.text
-            self.people[name] = {"session_id": session.json()["session_id"]}
-        assert boss.post(f"/api/runs/{self.run_id}/start").status_code == 200
-        for name, person in self.people.items():
-            verifier = self.client(name, "a")
-            me = verifier.get("/api/auth/me").json()
-            person.update(user_id=me["user_id"], display_name=me["display_name"])
-            assert verifier.post(f"/api/sessions/{person['session_id']}/start").status_code == 200
-        self.wait_caught_up()
+        self.start_count("forwarded claims")
 
     def wait_caught_up(self, timeout: float = 90.0) -> None:
         """Until B and C hold every event A holds."""
@@ -93,31 +74,6 @@ class Store:
             assert time.monotonic() < deadline, "B and C did not catch up with A"
             time.sleep(0.2)
 
-    def box(self, name: str) -> ServerProcess:
-        boxes: dict[str, ServerProcess] = {"a": self.a, "b": self.b, "c": self.c}
-        return boxes[name]
-
-    def query(self, name: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        with sqlite3.connect(f"file:{self.box(name).data_dir / 'store.db'}?mode=ro", uri=True) as conn:
-            return conn.execute(sql, args).fetchall()
-
-    def vector(self, name: str) -> dict[str, int]:
-        return {
-            str(w): int(s) for w, s in self.query(name, "SELECT writer_id, head_seq FROM writers WHERE head_seq > 0")
-        }
-
-    def client(self, who: str, at: str) -> httpx.Client:
-        """One login per person and box (logins are rate limited)."""
-        if (who, at) not in self._clients:
-            box = self.box(at)
-            password = DEMO_PASSWORDS.get(who, PASSWORD)
-            self._clients[(who, at)] = box.client(box.login(who, password))
-        return self._clients[(who, at)]
-
-    def claim(self, who: str, at: str, rack: str) -> httpx.Response:
-        session_id = self.people[who]["session_id"]
-        return self.client(who, at).post(f"/api/runs/{self.run_id}/racks/{rack}/claim", json={"session_id": session_id})
-
     def tile(self, at: str, rack: str) -> dict[str, Any]:
         board = self.client("supervisor", at).get(f"/api/runs/{self.run_id}/racks").json()
         found: dict[str, Any] = next(t for t in board if t["rack"] == rack)
@@ -125,16 +81,12 @@ class Store:
 
     def authority_token(self) -> int:
         """The last token A's sequence handed out."""
-        epoch, counter = self.query("a", "SELECT epoch, counter FROM lock_authority")[0]
-        return int(epoch) << 32 | int(counter)
+        return self.last_token("a")
 
     def close(self) -> None:
-        for client in self._clients.values():
-            client.close()
+        super().close()
         self.to_a.close()
         self.to_b.close()
-        for box in (self.a, self.b, self.c):
-            box.stop()
 
 
 @pytest.fixture(scope="module")
