@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from litestar import Litestar, Request, Response
+from litestar.config.compression import CompressionConfig
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import HTTPRouteHandler
@@ -37,6 +38,7 @@ from appliance.api.openapi import document
 from appliance.box import Box
 from appliance.errors import StockVerifyError
 from appliance.services import Services, Tls
+from web import handheld
 from web import routes as web_routes
 
 log = logging.getLogger(__name__)
@@ -123,7 +125,7 @@ def _bind_bus(box: Box) -> Callable[[], None]:
 def create_app(box: Box, *, tls: Tls | None = None) -> Litestar:
     """``tls`` when the app is served over HTTPS: mDNS then advertises that port and fingerprint."""
     _check_declared(API_ROUTES)
-    routes: list[ControllerRouterHandler] = [*API_ROUTES, *web_routes.ROUTES]
+    routes: list[ControllerRouterHandler] = [*API_ROUTES, *web_routes.ROUTES, *handheld.ROUTES]
     services = Services.for_box(box, tls=tls)
     return Litestar(
         route_handlers=routes,
@@ -132,6 +134,11 @@ def create_app(box: Box, *, tls: Tls | None = None) -> Litestar:
         exception_handlers={Exception: _error_response},
         openapi_config=OpenAPIConfig(title="StockVerify Edge", version=__version__),
         request_max_body_size=box.settings.max_request_bytes,
+        # The pages' files go compressed over a handheld's Wi-Fi; the API does not: its answers are small,
+        # and the scan path should not spend the box's CPU on them.
+        compression_config=CompressionConfig(
+            backend="gzip", gzip_compress_level=6, minimum_size=1024, exclude="^/api/"
+        ),
         on_startup=[_bind_bus(box), document],
         lifespan=services.lifespans(),
         on_shutdown=[services.close],

@@ -1,0 +1,217 @@
+"""The handheld page in a real browser over real HTTPS: a provisioned box, and Debian's chromium trusting
+the store CA the way a handheld does once the CA is installed on it (in the browser's own NSS database,
+with ``certutil``), so a certificate error is an error, never ignored.
+
+Shared by the handheld page's tests, its chaos test and its bench.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from provisioning.certificates import ensure_server_certificate, ensure_store_ca
+from tests.conftest import CHROMIUM, DEMO_PASSWORDS, ServerProcess, need
+
+PHONE = {"width": 393, "height": 851}  # a 6" Android phone held upright (Pixel 5 class)
+LONG_LEASES = {"STOCKVERIFY_LEASE_TTL_S": "3600", "STOCKVERIFY_LEASE_RENEW_S": "60"}
+
+
+def provisioned_server(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+    """A demo box as ``stockverify provision`` leaves it: the store CA and a certificate for 127.0.0.1."""
+    ensure_store_ca(data_dir, "Main Street")
+    ensure_server_certificate(data_dir, hostnames=["localhost"], addresses=["127.0.0.1"])
+    return ServerProcess(data_dir, "--demo", *args, env=env, https=True)
+
+
+def trusting_home(home: Path, ca_pem: Path) -> Path:
+    """A HOME whose NSS database (what chromium on Linux trusts) holds the store CA and nothing else."""
+    certutil = shutil.which("certutil")
+    if certutil is None:
+        need("certutil is not installed (apt-get install libnss3-tools)")
+    nssdb = home / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True, exist_ok=True)
+    subprocess.run([certutil, "-d", f"sql:{nssdb}", "-N", "--empty-password"], check=True, capture_output=True)
+    subprocess.run(
+        [certutil, "-d", f"sql:{nssdb}", "-A", "-t", "C,,", "-n", "StockVerify store CA", "-i", str(ca_pem)],
+        check=True,
+        capture_output=True,
+    )
+    return home
+
+
+@contextmanager
+def trusting_browser(home: Path, profile: Path) -> Iterator[Any]:
+    """A persistent chromium profile (IndexedDB and the service worker survive a closed tab, as on a
+    phone) under a HOME that trusts the store CA. Yields the browser context."""
+    if not CHROMIUM.exists():
+        need(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        need("the playwright package is not installed (pip install -e '.[test]')")
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
+            viewport=PHONE,
+            device_scale_factor=2,
+            is_mobile=True,
+            has_touch=True,
+            ignore_https_errors=False,
+            service_workers="allow",
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@dataclass
+class Store:
+    """The box's side of a handheld test: people and sessions made through the API."""
+
+    server: ServerProcess
+
+    def __post_init__(self) -> None:
+        self.boss = self.server.client(self.server.login("supervisor", DEMO_PASSWORDS["supervisor"]))
+        self.admin = self.server.client(self.server.login("admin", DEMO_PASSWORDS["admin"]))
+
+    def pairing_code(self) -> str:
+        answer = self.boss.post("/api/devices/pairing-codes")
+        assert answer.status_code == 201, answer.text
+        code: str = answer.json()["code"]
+        return code
+
+    def verifier(self, name: str) -> str:
+        """A verifier of our own (each test counts with its own person: one active session each)."""
+        answer = self.admin.post(
+            "/api/users", json={"username": name, "role": "verifier", "password": f"{name}-pass", "display_name": name}
+        )
+        assert answer.status_code == 201, answer.text
+        user_id: str = answer.json()["user_id"]
+        return user_id
+
+    def session(self, verifier: str, racks: list[str], *, start: bool = False) -> dict[str, Any]:
+        run = self.boss.post("/api/runs", json={"name": f"handheld {verifier}", "kind": "hard"})
+        assert run.status_code == 201, run.text
+        run_id = run.json()["run_id"]
+        made = self.boss.post(f"/api/runs/{run_id}/sessions", json={"racks": racks, "verifier": verifier})
+        assert made.status_code == 201, made.text
+        assert self.boss.post(f"/api/runs/{run_id}/start").status_code == 200
+        session: dict[str, Any] = made.json()
+        if start:
+            client = self.server.client(self.server.login(verifier, f"{verifier}-pass"))
+            assert client.post(f"/api/sessions/{session['session_id']}/start").status_code == 200
+        return session
+
+    def products(self, count: int) -> list[dict[str, Any]]:
+        listed = self.boss.get(f"/api/products?limit={count}").json()["items"]
+        return [self.boss.get(f"/api/products/{p['sku']}").json() for p in listed]
+
+    def items(self, session_id: str) -> dict[str, Any]:
+        answer = self.boss.get(f"/api/sessions/{session_id}")
+        assert answer.status_code == 200, answer.text
+        body: dict[str, Any] = answer.json()
+        return body
+
+
+class Phone:
+    """One verifier's phone: a tab of the handheld page, driven as a person and a scanner would."""
+
+    def __init__(self, context: Any, server: ServerProcess) -> None:
+        self.context = context
+        self.server = server
+        self.errors: list[str] = []
+        self.requests: list[str] = []
+        self.page = self.open()
+
+    def open(self) -> Any:
+        page = self.context.new_page()
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("request", lambda request: self.requests.append(request.url))
+        page.goto(self.server.url + "/handheld/")
+        page.wait_for_selector("body:not([data-view='boot'])", timeout=20000)
+        self.page = page
+        return page
+
+    def reopen(self) -> Any:
+        self.page.close()
+        return self.open()
+
+    @property
+    def view(self) -> str:
+        view: str = self.page.get_attribute("body", "data-view") or ""
+        return view
+
+    def pair(self, code: str, name: str = "Handheld 7") -> None:
+        self.page.fill("#pair-code", code)
+        self.page.fill("#pair-name", name)
+        self.page.click("#pair-form button[type=submit]")
+        self.page.wait_for_selector("body[data-view='login']", timeout=15000)
+
+    def login(self, username: str, password: str) -> None:
+        self.page.fill("#login-user", username)
+        self.page.fill("#login-pass", password)
+        self.page.click("#login-form button[type=submit]")
+        self.page.wait_for_selector("body[data-view='sessions']", timeout=15000)
+
+    def open_session(self, session_id: str) -> None:
+        self.page.click(f"[data-session='{session_id}']")
+        self.page.wait_for_selector("body[data-view='session']", timeout=15000)
+
+    def claim(self, rack: str) -> None:
+        self.page.click(f"[data-action='rack-{rack}']")
+        self.page.wait_for_selector("body[data-view='count']", timeout=15000)
+
+    def scans(self) -> int:
+        return int(self.page.get_attribute("body", "data-scans") or 0)
+
+    def scan(self, code: str, *, delay_ms: float = 0) -> None:
+        """Keystrokes as a keyboard-wedge scanner sends them, ending in Enter."""
+        self.page.keyboard.type(code, delay=delay_ms)
+        self.page.keyboard.press("Enter")
+
+    def pending(self) -> int:
+        return int(self.page.get_attribute("body", "data-pending") or 0)
+
+    def wait_drained(self, timeout: float = 60.0) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.pending() == 0 and self.page.evaluate("window.__handheld.sender.state") == "idle":
+                return time.monotonic() - start
+            time.sleep(0.05)
+        raise TimeoutError(f"the queue did not drain in {timeout} s: {self.pending()} pending")
+
+    def text(self, selector: str) -> str:
+        found: str = self.page.inner_text(selector)
+        return found
+
+
+def box_scans(server: ServerProcess, writer_id: str) -> list[dict[str, Any]]:
+    """Every scan event the box holds of one writer, from its own SQLite file."""
+    import sqlite3
+
+    conn = sqlite3.connect(server.data_dir / "store.db")
+    try:
+        rows = conn.execute(
+            "SELECT seq, event_id FROM events WHERE writer_id = ? AND type = 'scan.recorded' ORDER BY seq",
+            (writer_id,),
+        ).fetchall()
+    finally:
+        conn.close()
+    return [{"seq": seq, "event_id": event_id} for seq, event_id in rows]
+
+
+def verify(server: ServerProcess) -> httpx.Client:
+    return server.client()
