@@ -174,6 +174,18 @@ class Phone:
         self.page.click(f"[data-action='rack-{rack}']")
         self.page.wait_for_selector("body[data-view='count']", timeout=15000)
 
+    def until(self, expression: str, timeout: float = 15.0) -> Any:
+        """Poll a JavaScript expression until it is truthy. (``wait_for_function`` evaluates its predicate
+        with ``new Function``, which the page's own policy forbids, as it should.)"""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.page.evaluate(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{expression} still false after {timeout} s")
+            time.sleep(0.02)
+
     def scans(self) -> int:
         return int(self.page.get_attribute("body", "data-scans") or 0)
 

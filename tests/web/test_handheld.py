@@ -1,0 +1,315 @@
+"""The verifier's scanning page in chromium over real HTTPS, the store CA trusted as a handheld trusts it.
+
+A verifier pairs, logs in, claims a rack and scans at scanner speed; records damage, serials, a date and
+a photo; the Wi-Fi drops, the page is reloaded with the box out of reach and still shows its queue; the
+Wi-Fi comes back and the queue drains by itself. The box's own SQLite file is the judge: every scan
+stored exactly once, its totals equal to the page's, and no expected quantity ever reaching the page.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import struct
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.conftest import ServerProcess
+from tests.web.handheld import LONG_LEASES, Phone, Store, provisioned_server, trusting_browser, trusting_home
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    server = provisioned_server(tmp_path_factory.mktemp("handheld") / "box", env=LONG_LEASES)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def store(box: ServerProcess) -> Store:
+    return Store(box)
+
+
+@pytest.fixture(scope="module")
+def home(box: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return trusting_home(tmp_path_factory.mktemp("home"), box.data_dir / "tls" / "ca.pem")
+
+
+@pytest.fixture
+def context(home: Path, tmp_path: Path) -> Iterator[Any]:
+    """A handheld of its own: a fresh browser profile, so a fresh device key and queue."""
+    with trusting_browser(home, tmp_path / "profile") as made:
+        yield made
+
+
+def counting(phone: Phone, store: Store, name: str, racks: list[str]) -> dict[str, Any]:
+    """Pair the phone, log ``name`` in and claim the session's first rack."""
+    store.verifier(name)
+    session = store.session(name, racks, start=True)
+    phone.pair(store.pairing_code(), f"{name}'s phone")
+    phone.login(name, f"{name}-pass")
+    phone.open_session(session["session_id"])
+    phone.claim(racks[0])
+    return session
+
+
+def writer_id(phone: Phone) -> str:
+    found: str = phone.page.evaluate("window.__handheld.identity.writer_id")
+    return found
+
+
+def stored(server: ServerProcess, writer: str) -> list[tuple[int, str, str]]:
+    """(seq, event_id, type) of every event the box holds of ``writer``, from its SQLite file."""
+    conn = sqlite3.connect(f"file:{server.data_dir / 'store.db'}?mode=ro", uri=True)
+    try:
+        return conn.execute(
+            "SELECT seq, event_id, type FROM events WHERE writer_id = ? ORDER BY seq", (writer,)
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def png(width: int, height: int) -> bytes:
+    """A real PNG (a camera photo's stand-in), made without an imaging library."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + bytes((x * 7 + y * 3) % 256 for x in range(width * 3)) for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def page_totals(phone: Phone) -> dict[str, Any]:
+    totals: dict[str, Any] = phone.page.evaluate(
+        """() => {
+            const t = window.__handheld.tally;
+            return {
+                items: Object.fromEntries(
+                    [...t.items].filter(([, e]) => e.qty || e.damage).map(([id, e]) => [id, [e.qty, e.damage]])
+                ),
+                unmatched: Object.fromEntries([...t.unmatched].filter(([, q]) => q)),
+            };
+        }"""
+    )
+    return totals
+
+
+def box_totals(store: Store, session_id: str) -> dict[str, Any]:
+    session = store.items(session_id)
+    return {
+        "items": {
+            i["product_id"]: [i["qty"], i["damage_qty"]] for i in session["items"] if i["qty"] or i["damage_qty"]
+        },
+        "unmatched": {u["code"]: u["qty"] for u in session.get("unmatched", []) if u["qty"]},
+    }
+
+
+def codes_of(store: Store, count: int) -> list[str]:
+    """Barcodes as scanners read them (EAN-13 and UPC-A without the GTIN-14's leading zeros)."""
+    out = []
+    for product in store.products(count):
+        if product["codes"]:
+            out.append(product["codes"][0]["code"].lstrip("0").rjust(13, "0"))
+        else:
+            out.append(product["sku"])
+    return out
+
+
+def item_details(phone: Phone, *, damage: int, serials: list[str], mfg: str, photo: Path | None, prefix: str) -> None:
+    page = phone.page
+    page.click("#last-details")
+    page.wait_for_selector("#item-dialog[open]")
+    page.fill("#item-damage", str(damage))
+    for serial in serials[:2]:  # scanned one by one
+        page.fill("#item-serial", serial)
+        page.press("#item-serial", "Enter")
+    page.fill("#item-serial-list", "\n".join(serials[2:4]))  # pasted
+    page.fill("#item-serial-from", f"{prefix}-0001")  # a range
+    page.fill("#item-serial-to", f"{prefix}-0005")
+    page.click("#item-serial-add")
+    page.fill("#item-mfg", mfg)
+    page.select_option("#item-condition", "good")
+    if photo:
+        page.set_input_files("#item-photo", str(photo))
+    page.click("#item-finalize")
+    saved(phone)
+
+
+def saved(phone: Phone) -> None:
+    """The item dialog closed: everything it recorded is committed (or it says why not)."""
+    phone.until("!document.getElementById('item-dialog').open || document.getElementById('item-error').textContent")
+    assert phone.text("#item-error") == ""
+
+
+def test_a_verifier_counts_a_rack_through_a_wifi_drop(
+    box: ServerProcess, store: Store, context: Any, tmp_path: Path
+) -> None:
+    phone = Phone(context, box)
+    session = counting(phone, store, "asha", ["G-01", "G-02"])
+    codes = codes_of(store, 40)
+    photo = tmp_path / "shelf.png"
+    photo.write_bytes(png(1600, 1200))
+
+    # 500 codes as keystrokes at scanner speed, details on three items along the way.
+    started = time.monotonic()
+    for n in range(500):
+        phone.scan(codes[n % len(codes)] if n % 50 else f"NOLABEL-{n}")
+        if n in (10, 203, 405):  # three different products
+            phone.until(f"document.body.dataset.scans === '{n + 1}'")
+            item_details(
+                phone,
+                damage=1,
+                serials=[f"SN{n}-A", f"SN{n}-B", f"SN{n}-C", f"SN{n}-D"],
+                mfg="2026-03-01",
+                photo=photo if n == 10 else None,
+                prefix=f"R{n}",
+            )
+    phone.until("document.body.dataset.scans === '500'")
+    online_s = time.monotonic() - started
+    phone.wait_drained(60)
+
+    # The Wi-Fi drops: 300 more scans, all kept on the device.
+    context.set_offline(True)
+    for n in range(300):
+        phone.scan(codes[(n * 7) % len(codes)])
+    phone.until("document.body.dataset.scans === '800'")
+    phone.until("Number(document.body.dataset.pending) === 300")
+    assert phone.page.get_attribute("#link", "data-state") == "offline"
+
+    # Reloaded with the box out of reach: the service worker opens the page, IndexedDB has the queue.
+    phone.page.reload()
+    phone.page.wait_for_selector("body[data-view='count']", timeout=20000)
+    phone.until("Number(document.body.dataset.pending) === 300")
+    assert "300" in phone.text("#queue-depth")
+    assert phone.text("#rack-units") == "800"
+
+    # Back online: it drains by itself, nothing typed or tapped.
+    context.set_offline(False)
+    drained_s = phone.wait_drained(30)
+
+    # Finalize: the rack finished, the session submitted.
+    phone.page.click("#rack-finish")
+    phone.page.wait_for_selector("body[data-view='session']")
+    phone.page.click("[data-action='session-submit']")
+    phone.page.wait_for_selector("body[data-view='sessions']")
+
+    writer = writer_id(phone)
+    events = stored(box, writer)
+    scans = [e for e in events if e[2] == "scan.recorded"]
+    assert len(scans) == 800
+    assert len({e[1] for e in events}) == len(events)  # each stored once
+    assert [e[0] for e in events] == list(range(1, len(events) + 1))  # the chain is gap-free
+    kinds = Counter(e[2] for e in events)
+    assert kinds["damage.adjusted"] == 3
+    assert kinds["serial.added"] == 3 * 9
+    assert kinds["photo.attached"] == 1
+    assert kinds["item.attributes_set"] == 3
+
+    box_view = box_totals(store, session["session_id"])
+    phone.open_session(session["session_id"])
+    assert page_totals(phone) == box_view
+    assert sum(q for q, _d in box_view["items"].values()) + sum(box_view["unmatched"].values()) == 800
+    item = next(i for i in store.items(session["session_id"])["items"] if i["photos"])
+    assert item["attributes"]["mfg_date"] == "2026-03-01"
+    assert item["attributes"]["status"] == "finalized"
+    assert {"R10-0001", "R10-0003", "R10-0005", "SN10-A", "SN10-D"} <= set(item["serials"])
+    assert store.items(session["session_id"])["status"] == "SUBMITTED"
+    assert not phone.errors
+    print(f"500 scans in {online_s:.1f} s online; 300 drained in {drained_s:.2f} s after reconnect")
+
+
+def test_the_page_opens_offline_from_its_own_origin(box: ServerProcess, store: Store, context: Any) -> None:
+    phone = Phone(context, box)
+    phone.until("navigator.serviceWorker.controller !== null || navigator.serviceWorker.ready.then(() => true)")
+    phone.page.evaluate("navigator.serviceWorker.ready")
+    manifest = phone.page.evaluate("fetch('/handheld/manifest.webmanifest').then((r) => r.json())")
+    assert manifest["start_url"] == "/handheld/" and manifest["display"] == "standalone"
+    assert {"192x192", "512x512"} <= {icon["sizes"] for icon in manifest["icons"]}
+    context.set_offline(True)
+    try:
+        phone.page.reload()
+        phone.page.wait_for_selector("body[data-view='pair']", timeout=20000)
+        assert phone.page.get_attribute("#link", "data-state") in ("offline", "unknown")
+    finally:
+        context.set_offline(False)
+    box_origin = urlsplit(box.url)
+    foreign = [url for url in phone.requests if urlsplit(url).netloc not in ("", box_origin.netloc)]
+    assert not [url for url in foreign if not url.startswith(("data:", "blob:"))]
+
+
+def test_a_tab_closed_mid_send_loses_and_duplicates_nothing(box: ServerProcess, store: Store, context: Any) -> None:
+    phone = Phone(context, box)
+    counting(phone, store, "bilal", ["G-03"])
+    codes = codes_of(store, 20)
+    context.set_offline(True)
+    for n in range(450):
+        phone.scan(codes[n % len(codes)])
+    phone.until("Number(document.body.dataset.pending) === 450")
+    writer = writer_id(phone)
+    sent = []
+    phone.page.on("request", lambda request: sent.append(request) if "/api/sync/batch" in request.url else None)
+    context.set_offline(False)
+    deadline = time.monotonic() + 20
+    while not sent and time.monotonic() < deadline:
+        phone.page.wait_for_timeout(5)
+    assert sent, "the page never started sending"
+    phone.page.close(run_before_unload=False)  # closed mid-send: the answer is lost with the tab
+    phone.open()
+    phone.page.wait_for_selector("body[data-view='count']")
+    phone.wait_drained(30)
+    scans = [e for e in stored(box, writer) if e[2] == "scan.recorded"]
+    assert len(scans) == 450
+    assert len({e[1] for e in scans}) == 450
+    synced = phone.page.evaluate(
+        "import('/static/handheld/js/db.js').then((db) => db.all('events')).then((rows) => rows.map((r) => r.state))"
+    )
+    assert Counter(synced) == {"synced": 450}
+
+
+def test_a_conflict_the_box_flags_shows_on_the_device(box: ServerProcess, store: Store, context: Any) -> None:
+    phone = Phone(context, box)
+    counting(phone, store, "chen", ["G-04"])
+    code = codes_of(store, 1)[0]
+    phone.scan(code)
+    phone.until("document.body.dataset.scans === '1'")
+    # More damaged than counted: the box stores it and flags it for a supervisor.
+    phone.page.click("#last-details")
+    phone.page.fill("#item-damage", "3")
+    phone.page.click("#item-partial")
+    saved(phone)
+    phone.wait_drained(30)
+    phone.until("document.getElementById('count-error').textContent.includes('damage exceeds')")
+    assert "supervisor" in phone.text("#count-error")
+    phone.page.click("[data-go='session']")
+    phone.page.wait_for_selector("#flags-list li[data-kind='conflict']")
+    assert "damage_exceeds" in phone.text("#flags-list")
+
+
+def test_no_expected_quantity_reaches_the_page(box: ServerProcess, store: Store, context: Any) -> None:
+    phone = Phone(context, box)
+    bodies: list[bytes] = []
+    phone.page.on("response", lambda response: bodies.append(response.body()) if "/api/" in response.url else None)
+    counting(phone, store, "dev", ["G-05"])
+    for code in codes_of(store, 10):
+        phone.scan(code)
+    phone.wait_drained(30)
+    phone.page.reload()
+    phone.page.wait_for_selector("body[data-view='count']")
+    phone.wait_drained(30)
+    assert bodies
+    assert not [b for b in bodies if re.search(rb"expected(?!_seq)", b)]
+    stored_catalog = phone.page.evaluate("import('/static/handheld/js/db.js').then((db) => db.getMeta('catalog'))")
+    assert stored_catalog["products"], "the catalog was prefetched"
+    assert "expected" not in json.dumps(stored_catalog)
