@@ -134,10 +134,11 @@ def create_app(box: Box, *, tls: Tls | None = None) -> Litestar:
         exception_handlers={Exception: _error_response},
         openapi_config=OpenAPIConfig(title="StockVerify Edge", version=__version__),
         request_max_body_size=box.settings.max_request_bytes,
-        # The pages' files go compressed over a handheld's Wi-Fi; the API does not: its answers are small,
-        # and the scan path should not spend the box's CPU on them.
+        # The pages' files and the handheld's catalog (1.2 MB for 5,000 products, 135 KB gzipped) go
+        # compressed over a handheld's Wi-Fi; the rest of the API does not: its answers are small, and the
+        # scan path should not spend the box's CPU on them.
         compression_config=CompressionConfig(
-            backend="gzip", gzip_compress_level=6, minimum_size=1024, exclude="^/api/"
+            backend="gzip", gzip_compress_level=6, minimum_size=1024, exclude="^/api/(?!sync/catalog)"
         ),
         on_startup=[_bind_bus(box), document],
         lifespan=services.lifespans(),

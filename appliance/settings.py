@@ -221,6 +221,11 @@ class Settings:
         3.0, _seconds(0.2, 60.0), "seconds a forwarded claim waits for the lock authority before failing"
     )
     max_request_bytes: int = setting(8 * 1024 * 1024, _int(1024, 1024 * 1024 * 1024), "largest request body accepted")
+    # A phone's photo is 1-4 MiB; the bound is the protocol's (counting.ingest.MAX_PHOTO_BYTES), so a photo
+    # the box took is never one a device's photo.attached event may not name.
+    max_photo_bytes: int = setting(
+        4 * 1024 * 1024, _int(1024, 16 * 1024 * 1024), "largest photo a handheld may upload, in bytes"
+    )
     login_attempts_per_minute: int = setting(
         10, _int(1, 10_000), "login attempts allowed per address and user each minute"
     )

@@ -104,25 +104,36 @@ class ServerProcess:
             env = {**(env or {}), "STOCKVERIFY_HTTPS_PORT": str(self.https_port)}
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
         data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._command = [
+            sys.executable,
+            "-m",
+            "appliance",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *args,
+        ]
+        self._env = {**os.environ, **FAST_PASSWORD_ENV, "STOCKVERIFY_MDNS": "false", **(env or {})}
         self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "appliance",
-                "serve",
-                "--data-dir",
-                str(data_dir),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                *args,
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **FAST_PASSWORD_ENV, "STOCKVERIFY_MDNS": "false", **(env or {})},
-        )
+        self.process = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self._command, stdout=self._log, stderr=subprocess.STDOUT, env=self._env)
+
+    def restart(self, *, kill: bool = False) -> float:
+        """Stop the box (SIGTERM, or SIGKILL with ``kill``: a power cut) and start it again on the same
+        ports and data dir, as systemd would; returns seconds until it answered again."""
+        if kill and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.stop()
+        self._log = self.log_path.open("ab")
+        self.process = self._start()
+        return self.wait_ready()
 
     def wait_ready(self, timeout: float = 60.0) -> float:
         """Poll ``/api/health``; return seconds until it answered 200."""

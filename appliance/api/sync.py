@@ -1,11 +1,16 @@
-"""The device sync endpoints: batches, heartbeats, and the pull that refreshes a device before it writes."""
+"""The device sync endpoints: batches, heartbeats, the pull that refreshes a device before it writes,
+the photos a device uploads before the events that name them, and the catalog it resolves codes with
+while the box is out of reach."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import re
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Response, get, post
+from litestar import Request, Response, get, post, put
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import RawBody
@@ -14,9 +19,10 @@ from appliance.api.deps import JSON, MSGPACK, in_requests_format, wants_msgpack
 from appliance.auth import devices
 from appliance.auth.devices import Device
 from appliance.box import Box
+from appliance.catalog import products
 from appliance.counting import ingest as sync
-from appliance.counting import items, locks, rollups, sessions
-from appliance.errors import BadRequest, Forbidden
+from appliance.counting import items, locks, photos, rollups, sessions
+from appliance.errors import BadRequest, Forbidden, PayloadTooLarge
 from appliance.replica import lock_forwarding
 from appliance.replica.lock_forwarding import LockForwarder
 
@@ -61,7 +67,10 @@ async def batch(request: Request[Any, Any, State], box: Box, device: Device) -> 
     wire = sync.decode_batch(await request.body(), content_type)
     events, refused = sync.precheck(device, wire, box.log.clock)
     if refused is None:
-        outcome = await box.db.awrite(lambda conn: sync.ingest(conn, box.log, device, events, wire.head.signature))
+        photos_dir = box.settings.data_dir / "photos"
+        outcome = await box.db.awrite(
+            lambda conn: sync.ingest(conn, box.log, device, events, wire.head.signature, photos_dir=photos_dir)
+        )
         conflicts = sync.flagged(box.db.read(), outcome.stored) if outcome.stored else []
         box.bus.publish([(None, {"kind": "conflict", "type": "conflict.flagged", **c}) for c in conflicts])
         box.bus.publish([(None, {"kind": "held", "type": "events.held", **h}) for h in outcome.held])
@@ -159,4 +168,81 @@ def pull(box: Box, device: Device, session_id: str, request: Request[Any, Any, S
     return in_requests_format(request, answer)
 
 
-ROUTES: list[HTTPRouteHandler] = [batch, heartbeat, pull]
+_SHA256 = re.compile("[0-9a-f]{64}")
+
+
+def _photo_too_large(size: int, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"a photo is at most {limit} bytes; this one is {size}", details={"max_photo_bytes": limit, "size": size}
+    )
+
+
+@put("/api/sync/photos/{sha256:str}", opt={"device": True}, status_code=201)
+async def upload_photo(sha256: str, request: Request[Any, Any, State], box: Box, device: Device) -> Response[Any]:
+    """A photo taken offline, sent before the ``photo.attached`` event that names it (which the box
+    refuses until the file is here). Kept under its hash, so sending it again after a lost answer
+    changes nothing: ``201`` when it is new, ``200`` when the box already had it.
+
+    The size is checked against the declared length before the body is read, so an oversized photo
+    costs the box no memory; the hash and the write run in a worker thread, off the event loop."""
+    if _SHA256.fullmatch(sha256) is None:
+        raise BadRequest("the path names the photo by its SHA-256: 64 lowercase hex digits", code="VALIDATION")
+    limit = box.settings.max_photo_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _photo_too_large(int(declared), limit)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in photos.PHOTO_TYPES:
+        raise BadRequest(
+            f"a photo is sent as one of {', '.join(photos.PHOTO_TYPES)}",
+            code="BAD_PHOTO",
+            details={"content_type": content_type},
+        )
+    data = await request.body()
+    if len(data) > limit:
+        raise _photo_too_large(len(data), limit)
+    if not data:
+        raise BadRequest("the photo is empty", code="BAD_PHOTO")
+    photos_dir = box.settings.data_dir / "photos"
+
+    def keep() -> bool:
+        """Whether the box already had it."""
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != sha256:
+            raise BadRequest(
+                "the body's SHA-256 is not the one the path names: the photo was cut short or changed on the way",
+                code="PHOTO_HASH_MISMATCH",
+                details={"sha256": digest},
+            )
+        had = photos.photo_path(photos_dir, digest).is_file()
+        photos.store_photo(photos_dir, data, content_type)
+        return had
+
+    had = await asyncio.to_thread(keep)
+    return in_requests_format(request, {"sha256": sha256, "size": len(data)}, 200 if had else 201)
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
+    return "*" in tags or etag in tags
+
+
+@get("/api/sync/catalog", opt={"device": True}, sync_to_thread=True)
+def catalog(box: Box, device: Device, request: Request[Any, Any, State]) -> Response[Any]:
+    """The product master for a handheld to resolve codes and show names offline, blind (no expected
+    quantities). A device that already holds this version (``If-None-Match``) gets ``304`` and no body.
+
+    The version is read before the products: a master that changes in between is sent under the older
+    version, which the device then fetches again, never the other way round."""
+    conn = box.db.read()
+    version = products.catalog_version(conn, box.node.node_id)
+    etag = f'"{version}"'
+    if _etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(content=b"", status_code=304, headers={"ETag": etag})
+    answer = {**products.catalog(conn), "version": version}
+    return in_requests_format(request, answer, headers={"ETag": etag})
+
+
+ROUTES: list[HTTPRouteHandler] = [batch, heartbeat, pull, upload_photo, catalog]

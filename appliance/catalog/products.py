@@ -1,11 +1,13 @@
 """The product master: the fold of ``products.imported``, and resolving a scanned code to a product.
 
 Verifiers count blind: every function that returns products takes ``with_expected`` and leaves the
-``expected_qty`` key out entirely when it is false, so a forgotten filter cannot leak it as ``null``.
+``expected_qty`` key out entirely when it is false, so a forgotten filter cannot leak it as ``null``;
+the catalog handhelds keep (``catalog``) never carries it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
@@ -70,6 +72,34 @@ def _products_imported(conn: sqlite3.Connection, event: Event) -> None:
     # Every old code goes before any new one is added, so a code may move between SKUs of one file.
     conn.executemany(_DROP_CODES, [(r["sku"],) for r in rows])
     conn.executemany(_ADD_CODE, [(gtin, kind, raw, r["sku"]) for r in rows for gtin, kind, raw in r["codes"]])
+    _advance_catalog_version(conn, event.hash)
+
+
+# -- the catalog's version ----------------------------------------------------------------------------
+# Handhelds keep a copy of the catalog and ask again with its version (an HTTP ETag). The master changes
+# only by this fold, so the fold moves the version on: the hash of the version before and the folded
+# import. Two folds from one start give one version only if they folded the same imports in the same
+# order, which leaves the same master; the value lives outside the projections, so a rebuild moves it on
+# rather than back. Reading it is one row, however large the master.
+_CATALOG_VERSION = "catalog_version"
+
+
+def _advance_catalog_version(conn: sqlite3.Connection, event_hash: bytes) -> None:
+    row = conn.execute("SELECT value FROM replica_meta WHERE name = ?", (_CATALOG_VERSION,)).fetchone()
+    before = bytes(row[0]) if row is not None and row[0] is not None else b""
+    conn.execute(
+        "INSERT INTO replica_meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (_CATALOG_VERSION, hashlib.blake2b(before + event_hash, digest_size=16).digest()),
+    )
+
+
+def catalog_version(conn: sqlite3.Connection, node_id: str) -> str:
+    """The version of this box's product master. It names the box: two boxes that started from masters
+    of their own (before versions were kept) may fold the same imports after, and a device moving
+    between them must not take one's master for the other's."""
+    row = conn.execute("SELECT value FROM replica_meta WHERE name = ?", (_CATALOG_VERSION,)).fetchone()
+    value = bytes(row[0]).hex() if row is not None and row[0] is not None else "0"
+    return f"{node_id}.{value}"
 
 
 # -- queries ------------------------------------------------------------------------------------------
@@ -163,6 +193,20 @@ def resolve_ids(conn: sqlite3.Connection, codes: Iterable[str]) -> dict[str, tup
         candidates = sorted(skus.get(_nocase(text), []), key=lambda hit: (hit[0] != text, hit[0]))
         out[code] = (candidates[0][1], "sku") if candidates else (None, "unmatched")
     return out
+
+
+def catalog(conn: sqlite3.Connection) -> dict[str, Any]:
+    """The whole product master as a handheld keeps it to resolve codes and show names while the box is
+    out of reach: each product's public fields (never ``expected_qty``: verifiers count blind) and every
+    normalised code with its product, as compact rows."""
+    rows = conn.execute(
+        "SELECT product_id, sku, name, category, subcategory, uom, mrp_minor FROM products ORDER BY sku"
+    ).fetchall()
+    codes = conn.execute("SELECT code, product_id FROM product_codes ORDER BY code").fetchall()
+    return {
+        "products": [{name: row[name] for name in _PUBLIC_FIELDS} for row in rows],
+        "codes": [[code, product_id] for code, product_id in codes],
+    }
 
 
 def _nocase(text: str) -> str:

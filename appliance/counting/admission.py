@@ -5,7 +5,9 @@ before anything of the batch is stored (docs/sync-protocol.md §4):
 
 * **Refused** — wrong whatever the device knew: the session, rack, person, product or undone scan
   does not exist here, or the rack is not the session's. Nothing of the batch is stored; the device
-  replaces the event (the box never accepted it).
+  replaces the event (the box never accepted it). A photo the box does not have yet is refused too
+  (``PHOTO_NOT_UPLOADED``), but that one the device cures itself: it uploads the photo and resends, so
+  no event ever names a file that is not on the box.
 * **Held** — right when the device made it, perhaps, but not now: the session was approved, voided,
   submitted or handed to someone else while the device was offline, another device holds its lock,
   or the person was deactivated. The event is stored and held for a supervisor
@@ -21,9 +23,11 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from operator import itemgetter
+from pathlib import Path
 from typing import Any
 
 from appliance.counting.held import SESSION_EVENT_TYPES
+from appliance.counting.photos import photo_path
 from appliance.counting.sessions import COUNTING_ROLES, MANAGER_ROLES
 from replication.wire.codec import Event, unpack
 from replication.wire.hlc import wall_ms
@@ -63,9 +67,16 @@ class _Known:
     locks: dict[str, str]
     scans: dict[str, tuple[str, dict[str, Any]]]  # event_id: (writer_id, payload) of undone scans
     undone: set[str]
+    photos: set[str]  # the sha256 of the batch's photos that are on the box's disk
 
     @classmethod
-    def read(cls, conn: sqlite3.Connection, keys: set[tuple[str, tuple[Any, ...]]], events: list[Event]) -> _Known:
+    def read(
+        cls,
+        conn: sqlite3.Connection,
+        keys: set[tuple[str, tuple[Any, ...]]],
+        events: list[Event],
+        photos_dir: Path | None,
+    ) -> _Known:
         """``keys``: the batch's distinct (type, (session_id, by, product_id[, rack_id])), so that what the
         batch names is gathered from a few keys rather than from every event again."""
         session_ids = {k[0] for _, k in keys}
@@ -84,6 +95,8 @@ class _Known:
                 session_ids,
             )
         }
+        named = {k[3] for t, k in keys if t == "photo.attached"}
+        photos = {sha for sha in named if photo_path(photos_dir, sha).is_file()} if photos_dir is not None else set()
         session_racks: dict[str, set[str]] = {}
         for r in _rows(conn, "SELECT session_id, rack_id FROM session_racks WHERE session_id IN ({marks})", sessions):
             session_racks.setdefault(r[0], set()).add(r[1])
@@ -127,6 +140,7 @@ class _Known:
                     undone,
                 )
             },
+            photos=photos,
         )
 
 
@@ -136,20 +150,21 @@ _ITEM_KEY = itemgetter("session_id", "by", "product_id")
 _KEY: dict[str, Callable[[dict[str, Any]], tuple[Any, ...]]] = dict.fromkeys(SESSION_EVENT_TYPES, _ITEM_KEY)
 _KEY["scan.recorded"] = _SCAN_KEY
 _KEY["scan.undone"] = lambda p: (p["session_id"], p["by"], None, p["rack_id"])
+_KEY["photo.attached"] = itemgetter("session_id", "by", "product_id", "sha256")  # each photo is looked for
 _CLEAR: tuple[tuple[str, str] | None, str | None] = (None, None)
 
 
-def admit(conn: sqlite3.Connection, device_id: str, events: list[Event]) -> Verdict:
+def admit(conn: sqlite3.Connection, device_id: str, events: list[Event], *, photos_dir: Path | None = None) -> Verdict:
     """Refuse the first event that is wrong outright; otherwise list the events to hold, with why.
 
     An event's verdict depends only on its type, session, person, product and rack (and, for an undo,
-    the scan it names), so it is worked out once per distinct combination: a batch of 500 scans of one
-    session on one rack is judged once, and when every combination is clear nothing is looked at per
-    event again."""
+    the scan it names; for a photo, whether its file is in ``photos_dir``), so it is worked out once per
+    distinct combination: a batch of 500 scans of one session on one rack is judged once, and when
+    every combination is clear nothing is looked at per event again."""
     first: dict[tuple[str, tuple[Any, ...]], Event] = {}
     for event in events:
         first.setdefault((event.type, _KEY[event.type](event.payload)), event)
-    known = _Known.read(conn, set(first), events)
+    known = _Known.read(conn, set(first), events, photos_dir)
     judged = {key: _judge(known, device_id, event) for key, event in first.items()}
     if not known.undone and all(found == _CLEAR for found in judged.values()):
         return Verdict()
@@ -186,6 +201,10 @@ def _refusal(known: _Known, event: Event, session: sqlite3.Row | None) -> tuple[
     product_id = p.get("product_id")
     if product_id and product_id not in known.products:
         return "PRODUCT_NOT_FOUND", f"product {product_id} is not in this store's product master"
+    if event.type == "photo.attached" and p["sha256"] not in known.photos:
+        return "PHOTO_NOT_UPLOADED", (
+            f"photo {p['sha256']} is not on this box: upload it (PUT /api/sync/photos/{p['sha256']}), then resend"
+        )
     if event.type in RACK_TYPES:
         wrong = _rack_refusal(known, session, p["rack_id"])
         if wrong is not None:

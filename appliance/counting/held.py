@@ -5,7 +5,8 @@ session was approved or voided meanwhile, handed to another device or verifier, 
 device, or the person named in ``by`` was deactivated. Refusing those would block the device's chain
 and lose a verifier's work; counting them would change a total a supervisor already signed. They are
 kept, and held: every read of counts (``counted_scans``, ``counted_damage``, ``counted_serial_adds``)
-leaves a held event's effect out until a supervisor accepts it.
+leaves a held event's effect out until a supervisor accepts it, and an item's photos leave out a photo
+a held event attached (its effect names the photo by its hash in ``code``).
 
 Two rules decide what is held, and both give the same answer on every replica:
 
@@ -48,6 +49,7 @@ SESSION_EVENT_TYPES = (
     "item.attributes_set",
     "serial.added",
     "serial.removed",
+    "photo.attached",
 )
 _TYPE_MARKS = ", ".join("?" for _ in SESSION_EVENT_TYPES)
 CLOSED_REASON = {"APPROVED": "SESSION_APPROVED", "VOID": "SESSION_VOID"}
@@ -98,6 +100,9 @@ def effect(event: Event) -> dict[str, Any]:
         }
     if event.type == "serial.added":
         return {"kind": "serial", "product_id": p["product_id"]}
+    if event.type == "photo.attached":
+        # Nothing to subtract from a count; the item's photos leave this one out while it is held.
+        return {"kind": "none", "product_id": p["product_id"], "code": p["sha256"]}
     return {"kind": "none"}  # attributes and serial removals: flagged, nothing to subtract
 
 

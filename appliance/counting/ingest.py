@@ -15,12 +15,13 @@ import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 
 from appliance.auth.devices import Device
-from appliance.counting import admission, codes, held, items
+from appliance.counting import admission, codes, held, items, photos
 from appliance.counting.conflicts import detect
 from appliance.errors import BadRequest, Forbidden, ValidationFailed
 from appliance.store.eventlog import EventLog
@@ -58,6 +59,12 @@ Target = Annotated[int, msgspec.Meta(ge=0, le=items.MAX_QTY)]
 Token = Annotated[int, msgspec.Meta(ge=0, le=INT63_MAX)]
 Code = Annotated[str, msgspec.Meta(min_length=1, max_length=codes.MAX_CODE)]
 Hex = Annotated[str, msgspec.Meta(max_length=2 * 1024)]
+# A photo a device names: the SHA-256 of its bytes as lowercase hex, and its size within the protocol's
+# bound. The box's own limit (setting max_photo_bytes, at most this) is applied when the photo is
+# uploaded; an event cannot name a photo the box did not take (PHOTO_NOT_UPLOADED).
+MAX_PHOTO_BYTES = 16 * 1024 * 1024
+Sha256 = Annotated[str, msgspec.Meta(max_length=64, pattern="^[0-9a-f]{64}$")]
+PhotoSize = Annotated[int, msgspec.Meta(ge=1, le=MAX_PHOTO_BYTES)]
 
 
 class WireEvent(msgspec.Struct, forbid_unknown_fields=True):
@@ -154,6 +161,13 @@ class SerialRemoved(_Payload):
     tags: list[Id]
 
 
+class PhotoAttached(_Payload):
+    product_id: Id
+    sha256: Sha256
+    content_type: str
+    size: PhotoSize
+
+
 DEVICE_EVENT_TYPES: dict[str, type[_Payload]] = {
     "scan.recorded": ScanRecorded,
     "scan.undone": ScanUndone,
@@ -162,6 +176,7 @@ DEVICE_EVENT_TYPES: dict[str, type[_Payload]] = {
     "item.attributes_set": AttributesSet,
     "serial.added": SerialAdded,
     "serial.removed": SerialRemoved,
+    "photo.attached": PhotoAttached,
 }
 
 
@@ -177,6 +192,11 @@ def _check_serial(value: Any, event_type: str) -> None:
     items.check_serial(value.serial)
 
 
+def _check_photo(value: Any, event_type: str) -> None:
+    if value.content_type not in photos.PHOTO_TYPES:
+        raise ValidationFailed(f"content_type must be one of {', '.join(photos.PHOTO_TYPES)}")
+
+
 # The checks a schema's constraints cannot say, by type; scans (nearly every event) have none, so they
 # pay one dictionary lookup here and nothing else.
 _DOMAIN_CHECKS: dict[str, Callable[[Any, str], None]] = {
@@ -185,6 +205,7 @@ _DOMAIN_CHECKS: dict[str, Callable[[Any, str], None]] = {
     "item.attributes_set": _check_attributes,
     "serial.added": _check_serial,
     "serial.removed": _check_serial,
+    "photo.attached": _check_photo,
 }
 
 
@@ -346,8 +367,19 @@ def _reused_in_store(conn: sqlite3.Connection, events: list[Event]) -> int | Non
     return next((index for index, event_id in enumerate(ids) if event_id in taken), None)
 
 
-def ingest(conn: sqlite3.Connection, log: EventLog, device: Device, events: list[Event], signature: bytes) -> Outcome:
-    """The write job: compare with what is stored, append what is new, keep the signed head."""
+def ingest(
+    conn: sqlite3.Connection,
+    log: EventLog,
+    device: Device,
+    events: list[Event],
+    signature: bytes,
+    *,
+    photos_dir: Path | None = None,
+) -> Outcome:
+    """The write job: compare with what is stored, append what is new, keep the signed head.
+
+    ``photos_dir`` is where uploaded photos are kept; without one no photo is on the box, so a
+    ``photo.attached`` event is refused ``PHOTO_NOT_UPLOADED`` rather than naming a file nobody has."""
     head = conn.execute(
         "SELECT head_seq, head_hash, status,"
         " (SELECT hlc FROM events e WHERE e.writer_id = w.writer_id AND e.seq = w.head_seq) AS head_hlc"
@@ -385,7 +417,7 @@ def ingest(conn: sqlite3.Connection, log: EventLog, device: Device, events: list
             f" {head['head_seq']}",
             at=len(stored_part),
         )
-    verdict = admission.admit(conn, device.writer_id, new) if new else admission.Verdict()
+    verdict = admission.admit(conn, device.writer_id, new, photos_dir=photos_dir) if new else admission.Verdict()
     if verdict.refusal is not None:
         refusal = verdict.refusal
         return outcome.refuse_all(events, refusal.code, refusal.message, at=len(stored_part) + refusal.index)

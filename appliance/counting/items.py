@@ -45,7 +45,7 @@ MAX_SERIAL = 64
 MAX_TEXT = 64
 ITEM_STATUSES = ("partial", "finalized", "re-verify")
 CONDITIONS = ("good", "damaged", "expired", "opened", "repackaged", "other")
-ATTRIBUTES = ("mfg_date", "mrp_minor", "uom", "condition", "category", "status")
+ATTRIBUTES = ("mfg_date", "mrp_minor", "uom", "condition", "category", "subcategory", "status")
 
 
 def counting_session(conn: sqlite3.Connection, actor: User, session_id: str, supervising: bool = False) -> sqlite3.Row:
@@ -565,8 +565,11 @@ def session_items(conn: sqlite3.Connection, session_id: str) -> dict[str, Any]:
         (session_id,),
     ):
         item(row[0])["serials"].append(row[1])
+    # A photo a held event attached is left out until a supervisor accepts it (held.effect).
     for row in conn.execute(
-        "SELECT product_id, sha256, content_type FROM photos WHERE session_id = ? ORDER BY sha256",
+        "SELECT product_id, sha256, content_type FROM photos p WHERE session_id = ? AND NOT EXISTS"
+        " (SELECT 1 FROM held_open h WHERE h.session_id = p.session_id AND h.kind = 'none'"
+        " AND h.product_id = p.product_id AND h.code = p.sha256) ORDER BY sha256",
         (session_id,),
     ):
         item(row[0])["photos"].append({"sha256": row[1], "content_type": row[2]})

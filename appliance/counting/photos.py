@@ -2,13 +2,16 @@
 
 The file is written (and fsynced) before the event that names it, so an attached photo is always on
 disk; a photo whose attaching failed is removed again unless another item already uses it. The event
-carries only the hash, so replicas learn that a photo exists without its bytes.
+carries only the hash, so replicas learn that a photo exists without its bytes. A handheld's
+``photo.attached`` (``counting.ingest``) is the same event with the same fields: it uploads the photo
+first (``PUT /api/sync/photos/{sha256}``), and the box refuses the event until the file is here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import sqlite3
 from pathlib import Path
 
@@ -49,7 +52,8 @@ def store_photo(photos_dir: Path, data: bytes, content_type: str) -> str:
     path = photo_path(photos_dir, digest)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        # A name of its own per write: a device resending a photo may have the first send still writing.
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(8)}.tmp")
         with tmp.open("wb") as handle:
             handle.write(data)
             handle.flush()

@@ -146,6 +146,7 @@ _ATTRIBUTES: dict[str, Check] = {
     "uom": _sized(64),  # §5 says only "str"; a blank or endless one is refused by the box and is no UOM
     "condition": _one_of(CONDITIONS),
     "category": _sized(64),
+    "subcategory": _sized(64),
     "status": _one_of(ITEM_STATUSES),
 }
 

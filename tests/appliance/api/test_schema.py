@@ -92,6 +92,8 @@ ALSO_ACCEPTED: dict[tuple[str, str], tuple[list[str], str]] = {
     # A batch is a chain of events signed by the device's key, and a page is deflated msgpack: the
     # document says the media type, and the box checks what is inside (ingest.decode_batch, unpack_page).
     ("POST", "/api/sync/batch"): (["400"], "VALIDATION: an envelope of chained, signed events"),
+    # A photo is named by its own SHA-256: a body the document allows hashes to another name.
+    ("PUT", "/api/sync/photos/{sha256}"): (["400"], "PHOTO_HASH_MISMATCH, BAD_PHOTO: the photo its path names"),
     ("POST", "/api/replication/push"): (["400"], "BAD_PAGE: a deflated msgpack page"),
 }
 # Generated cases per operation and mode; each case goes out as one role drawn from the four.
