@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
@@ -34,7 +34,7 @@ DEMO_PASSWORDS = {
 CHROMIUM = Path(os.environ.get("STOCKVERIFY_CHROMIUM", "/usr/bin/chromium"))
 
 
-def need(reason: str) -> None:
+def need(reason: str) -> NoReturn:
     """Locally a missing system capability skips; under CI it fails, so a test cannot silently stop
     running (``.ci/run`` installs what the tests need)."""
     if os.environ.get("CI") == "true":

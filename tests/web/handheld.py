@@ -14,14 +14,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from provisioning.certificates import ensure_server_certificate, ensure_store_ca
 from tests.conftest import CHROMIUM, DEMO_PASSWORDS, ServerProcess, need
 
-PHONE = {"width": 393, "height": 851}  # a 6" Android phone held upright (Pixel 5 class)
+if TYPE_CHECKING:
+    from playwright.sync_api import ViewportSize
+
+PHONE: ViewportSize = {"width": 393, "height": 851}  # a 6" Android phone held upright (Pixel 5 class)
 LONG_LEASES = {"STOCKVERIFY_LEASE_TTL_S": "3600", "STOCKVERIFY_LEASE_RENEW_S": "60"}
 
 
