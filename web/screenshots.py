@@ -1,10 +1,18 @@
-"""Regenerate the dashboard's screenshots in ``docs/screenshots/`` from a demo box with a count in progress.
+"""Regenerate the dashboard's screenshots in ``docs/screenshots/`` from a demo box with a count in progress,
+or, with ``--handheld``, the verifier's scanning page's.
 
     .venv/bin/python -m web.screenshots [--out docs/screenshots]
+    .venv/bin/python -m web.screenshots --handheld [--out docs/screenshots]
 
 A developer's tool (it needs the test extras and Debian's chromium): it starts a demo box on a loopback
 port, makes the count of ``tests/web/scenario.py`` through the API, and photographs each main view the
 way a store manager sees it on a 10" tablet (1280x800), plus the floor map held upright (800x1280).
+
+``--handheld`` starts a provisioned demo box over HTTPS instead (the page needs a secure context, and
+chromium trusts the store CA as a handheld does: ``tests/web/handheld.py``) and photographs the page on
+a phone held upright (393x851, device scale 2) as a verifier goes: pairing (``handheld-pair``), their
+sessions (``handheld-sessions``), a rack after 20 scans with a known item last (``handheld-count``), that
+item's details (``handheld-item``) and the Wi-Fi gone with scans waiting (``handheld-offline``).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from typing import Any
 from playwright.sync_api import sync_playwright
 
 from tests.conftest import DEMO_PASSWORDS, ServerProcess
+from tests.web.handheld import Phone, Store, provisioned_server, trusting_browser, trusting_home
 from tests.web.scenario import LONG_LEASES, CountScenario, build
 
 CHROMIUM = "/usr/bin/chromium"
@@ -99,11 +108,83 @@ def shoot(count: CountScenario, out: Path, browser: Any) -> list[Path]:
     return made
 
 
+def shoot_handheld(out: Path, tmp: Path) -> list[Path]:
+    """The handheld page on a phone, against a provisioned box of its own (started and stopped here)."""
+    made: list[Path] = []
+    server = provisioned_server(tmp / "handheld-box", env={**LONG_LEASES, "STOCKVERIFY_LOG_LEVEL": "warning"})
+    try:
+        server.wait_ready()
+        store = Store(server)
+        home = trusting_home(tmp / "handheld-home", server.data_dir / "tls" / "ca.pem")
+        with trusting_browser(home, tmp / "handheld-profile") as context:
+            phone = Phone(context, server)
+            page = phone.page
+
+            def save(name: str, settle_ms: int = 900) -> None:
+                page.wait_for_timeout(settle_ms)  # the scan's flash fades, the banner's clock ticks
+                path = out / f"{name}.png"
+                page.screenshot(path=str(path))
+                made.append(path)
+
+            store.verifier("maya")
+            session = store.session("maya", ["G-01", "G-02", "G-03"], start=True)
+            page.fill("#pair-code", store.pairing_code())
+            page.fill("#pair-name", "Maya's handheld")
+            save("handheld-pair", 300)
+            page.click("#pair-form button[type=submit]")
+            page.wait_for_selector("body[data-view='login']", timeout=15000)
+            phone.login("maya", "maya-pass")
+            phone.until("document.getElementById('link').dataset.state === 'online'")
+            save("handheld-sessions", 300)
+
+            phone.open_session(session["session_id"])
+            phone.claim("G-01")
+            codes = [p["codes"][0]["code"].lstrip("0").rjust(13, "0") for p in store.products(20) if p["codes"]][:7]
+            for n in range(19):
+                phone.scan(codes[n % 7] if n != 9 else "2000000000015")  # one code the store does not know
+            phone.scan(codes[0])  # a known item last: the third of it
+            phone.until("document.body.dataset.scans === '20'")
+            phone.wait_drained(30)
+            save("handheld-count")
+
+            page.click("#last-details")
+            page.wait_for_selector("#item-dialog[open]")
+            page.fill("#item-damage", "1")
+            page.fill("#item-mfg", "2026-03-01")
+            page.select_option("#item-condition", "good")
+            page.fill("#item-serial", "SN-0001")
+            page.press("#item-serial", "Enter")
+            phone.until("document.getElementById('item-serial-count').textContent === '1'")
+            save("handheld-item", 300)
+            page.keyboard.press("Escape")
+            phone.until("!document.getElementById('item-dialog').open")
+
+            context.set_offline(True)
+            try:
+                for n in range(12):
+                    phone.scan(codes[(n * 3) % 7])
+                phone.until("document.body.dataset.pending === '12'")
+                phone.until("document.getElementById('link').dataset.state === 'offline'", 30)
+                save("handheld-offline", 2200)
+            finally:
+                context.set_offline(False)
+    finally:
+        server.stop()
+    return made
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--handheld", action="store_true", help="the handheld page's screenshots instead")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.handheld:
+        with tempfile.TemporaryDirectory() as tmp:
+            made = shoot_handheld(args.out, Path(tmp))
+        for path in made:
+            print(path)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         server = ServerProcess(Path(tmp) / "box", "--demo", env={**LONG_LEASES, "STOCKVERIFY_LOG_LEVEL": "warning"})
         try:

@@ -7,8 +7,12 @@ Shared by the handheld page's tests, its chaos test and its bench.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
+import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -132,7 +136,8 @@ class Store:
 class Phone:
     """One verifier's phone: a tab of the handheld page, driven as a person and a scanner would."""
 
-    def __init__(self, context: Any, server: ServerProcess) -> None:
+    def __init__(self, context: Any, server: ServerProcess, url: str | None = None) -> None:
+        self.url = url or server.url
         self.context = context
         self.server = server
         self.errors: list[str] = []
@@ -143,7 +148,7 @@ class Phone:
         page = self.context.new_page()
         page.on("pageerror", lambda error: self.errors.append(str(error)))
         page.on("request", lambda request: self.requests.append(request.url))
-        page.goto(self.server.url + "/handheld/")
+        page.goto(self.url + "/handheld/")
         page.wait_for_selector("body:not([data-view='boot'])", timeout=20000)
         self.page = page
         return page
@@ -211,6 +216,73 @@ class Phone:
     def text(self, selector: str) -> str:
         found: str = self.page.inner_text(selector)
         return found
+
+
+class Cable:
+    """The Wi-Fi between a handheld and the box, as a TCP relay that can be cut: while cut, every open
+    connection is reset and new ones are refused at once, as when a phone walks out of range. TLS passes
+    through untouched (the box's certificate names 127.0.0.1, whatever the port)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.cut = False
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.url = f"https://127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.cut:
+                _reset(client)
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                _reset(client)  # the box is down: the phone sees a refused connection
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._open |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with self._lock:
+                    self._open.discard(end)
+                _reset(end)
+
+    def set_cut(self, cut: bool) -> None:
+        self.cut = cut
+        if cut:
+            with self._lock:
+                ends, self._open = list(self._open), set()
+            for end in ends:
+                _reset(end)
+
+    def close(self) -> None:
+        self.set_cut(True)
+        self._listener.close()
+
+
+def _reset(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not FIN
+    with contextlib.suppress(OSError):
+        sock.close()
 
 
 def box_scans(server: ServerProcess, writer_id: str) -> list[dict[str, Any]]:

@@ -83,8 +83,9 @@ export async function person(method, path, body, { timeoutMs = 15000 } = {}) {
 }
 
 /** A device route: msgpack both ways, with this device's token. ``raw`` sends bytes as they are. */
-export async function device(method, path, deviceToken, body, { raw, contentType, timeoutMs = 20000 } = {}) {
+export async function device(method, path, deviceToken, body, { raw, contentType, timeoutMs = 20000, etag } = {}) {
   const headers = { Accept: MSGPACK, Authorization: `Device ${deviceToken}` };
+  if (etag) headers["If-None-Match"] = `"${etag}"`;
   let payload;
   if (raw !== undefined) {
     headers["Content-Type"] = contentType;
@@ -99,6 +100,7 @@ export async function device(method, path, deviceToken, body, { raw, contentType
     if (!bytes.length) return null;
     return (r.headers.get("Content-Type") || "").startsWith(MSGPACK) ? unpack(bytes) : JSON.parse(new TextDecoder().decode(bytes));
   };
+  if (answer.status === 304) return null; // what the device holds is current
   if (!answer.ok) throw await problem(answer, parse);
   return parse(answer);
 }

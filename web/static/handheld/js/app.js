@@ -29,6 +29,7 @@ const app = {
   last: null, // the code the verifier scanned last: {code, product_id}
   sender: new Sender(),
   heartbeat: null,
+  feedbackMs: [], // the latest scans' time from the Enter key to committed and shown
 };
 app.heartbeat = new Heartbeat(app.sender);
 window.__handheld = app; // for a field tech's console and the page's tests
@@ -143,7 +144,7 @@ async function refreshCatalog() {
   const cached = await db.getMeta("catalog");
   if (cached) app.catalog = new CatalogIndex(cached);
   try {
-    const fresh = await device("GET", "/api/sync/catalog", app.identity.device_token);
+    const fresh = await device("GET", "/api/sync/catalog", app.identity.device_token, undefined, { etag: cached?.version });
     if (fresh) {
       await db.setMeta("catalog", fresh);
       app.catalog = new CatalogIndex(fresh);
@@ -419,18 +420,36 @@ function renderLast() {
 
 const STATE_TEXT = { pending: "waiting", synced: "sent", failed: "refused" };
 
+const recentRows = new Map(); // seq → its row, kept between draws: a scan redraws only what changed
+
 function renderRecent() {
   const list = $("recent");
-  list.replaceChildren();
-  for (const event of app.recent.slice(0, 30)) {
-    const item = document.createElement("li");
-    item.dataset.seq = String(event.seq);
-    item.dataset.state = event.conflict ? "conflict" : event.held ? "held" : event.state;
-    const found = app.catalog.resolve(event.payload.code);
-    const name = found.product_id ? productName(found.product_id) : "unknown code";
-    const state = event.conflict ? `flagged: ${event.conflict.kind}` : event.held ? `held: ${event.held}` : STATE_TEXT[event.state];
-    item.textContent = `${event.payload.code.replaceAll("\x1d", "⟨GS⟩")} · ${name} · ${state}`;
-    list.append(item);
+  const shown = app.recent.slice(0, 30);
+  const wanted = new Set(shown.map((e) => e.seq));
+  for (const [seq, row] of recentRows) {
+    if (!wanted.has(seq)) {
+      row.remove();
+      recentRows.delete(seq);
+    }
+  }
+  let cursor = list.firstChild;
+  for (const event of shown) {
+    let row = recentRows.get(event.seq);
+    if (!row) {
+      row = document.createElement("li");
+      row.dataset.seq = String(event.seq);
+      recentRows.set(event.seq, row);
+    }
+    const state = event.conflict ? "conflict" : event.held ? "held" : event.state;
+    if (row.dataset.state !== state) {
+      const found = app.catalog.resolve(event.payload.code);
+      const name = found.product_id ? productName(found.product_id) : "unknown code";
+      const said = event.conflict ? `flagged: ${event.conflict.kind}` : event.held ? `held: ${event.held}` : STATE_TEXT[event.state];
+      row.dataset.state = state;
+      row.textContent = `${event.payload.code.replaceAll("\x1d", "⟨GS⟩")} · ${name} · ${said}`;
+    }
+    if (row === cursor) cursor = cursor.nextSibling;
+    else list.insertBefore(row, cursor);
   }
 }
 
@@ -449,37 +468,56 @@ function classify(found) {
   return found.product_id ? "ok" : "unknown";
 }
 
-let scanning = Promise.resolve();
+const SEVERITY = { ok: 0, unknown: 1, conflict: 2 };
+const waiting = []; // scans read but not yet committed: {code, keyAt, resolve}
+let writing = null;
 
-/** One scanned code: committed to the queue first, then shown, heard and felt. Scans that arrive while
- * the previous one is being written wait their turn, so they are kept in the order they were read. */
-function scan(code) {
-  const work = app.work;
-  scanning = scanning.then(async () => {
-    const found = app.catalog.resolve(code);
+/** One scanned code: committed to the queue first, then shown, heard and felt. Codes read while the
+ * previous commit is under way wait and are committed together, in the order they were read. Resolves
+ * once this scan is on disk (or was refused, with the reason shown). */
+function scan(code, keyAt = performance.now()) {
+  const done = new Promise((resolve) => waiting.push({ code, keyAt, resolve }));
+  if (!writing) writing = commitWaiting().finally(() => (writing = null));
+  return done;
+}
+
+async function commitWaiting() {
+  while (waiting.length) {
+    const batch = waiting.splice(0, 200);
+    const work = app.work;
+    const by = app.login.user.user_id;
     try {
-      const event = await queue.record(app.identity.writer_id, "scan.recorded", {
-        session_id: work.session_id,
-        code,
-        qty: 1,
-        rack_id: work.rack_id,
-        product_id: null,
-        token: work.token,
-        by: app.login.user.user_id,
-      });
-      app.tally.apply(event);
-      app.recent.unshift(event);
-      app.recent.length = Math.min(app.recent.length, 30);
-      app.last = { code, product_id: found.product_id, kind: classify(found), seq: event.seq, event_id: event.event_id };
+      const events = await queue.recordMany(
+        app.identity.writer_id,
+        batch.map(({ code }) => ({
+          type: "scan.recorded",
+          payload: { session_id: work.session_id, code, qty: 1, rack_id: work.rack_id, product_id: null, token: work.token, by },
+        })),
+      );
+      let loudest = "ok";
+      for (const event of events) {
+        const found = app.catalog.resolve(event.payload.code);
+        const kind = classify(found);
+        if (SEVERITY[kind] > SEVERITY[loudest]) loudest = kind;
+        app.tally.apply(event);
+        app.last = { code: event.payload.code, product_id: found.product_id, kind, seq: event.seq, event_id: event.event_id };
+      }
+      app.recent = [...events.reverse(), ...app.recent].slice(0, 30);
       renderCount();
-      signal(app.last.kind, $("main"));
-      document.body.dataset.scans = String(Number(document.body.dataset.scans || 0) + 1);
+      signal(loudest, $("main"));
+      document.body.dataset.scans = String(Number(document.body.dataset.scans || 0) + events.length);
+      // Enter → committed and drawn (the next frame), for the page's bench and a field tech's console.
+      requestAnimationFrame(() => {
+        const now = performance.now();
+        for (const { keyAt } of batch) app.feedbackMs.push(now - keyAt);
+        if (app.feedbackMs.length > 5000) app.feedbackMs.splice(0, app.feedbackMs.length - 4000);
+      });
     } catch (error) {
-      fail("count-error", new Error(`This scan was NOT kept: ${error.message}. Scan it again.`));
+      fail("count-error", new Error(`${batch.length === 1 ? "This scan was" : `These ${batch.length} scans were`} NOT kept: ${error.message}. Scan again.`));
       signal("error", $("main"));
     }
-  });
-  return scanning;
+    for (const { resolve } of batch) resolve();
+  }
 }
 
 function focusScan() {
@@ -499,7 +537,7 @@ $("scan").addEventListener("keydown", (event) => {
   event.preventDefault();
   const code = event.target.value.replace(/^[\r\n]+|[\r\n]+$/g, "");
   event.target.value = "";
-  if (code.trim()) scan(code);
+  if (code.trim()) scan(code, event.timeStamp);
 });
 
 function insertAtCursor(field, text) {

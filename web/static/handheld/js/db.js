@@ -78,6 +78,11 @@ export async function write(stores, work) {
     await finished.catch(() => {});
     throw error;
   }
+  try {
+    tx.commit?.(); // every request is made: commit now rather than when the browser notices
+  } catch {
+    // it was already committing
+  }
   await finished;
   return result;
 }

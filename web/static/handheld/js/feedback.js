@@ -39,10 +39,14 @@ function beep(kind) {
   }
 }
 
+const FLASH = { ok: ["#c9f2d5", 350], unknown: ["#ffe1a1", 600], conflict: ["#f7b9b4", 800], error: ["#f7b9b4", 800] };
+const still = matchMedia("(prefers-reduced-motion: reduce)");
+
 export function signal(kind, element = document.body) {
   beep(kind);
   if (settings.vibrate && navigator.vibrate) navigator.vibrate(BUZZ[kind]);
-  element.dataset.flash = "";
-  void element.offsetWidth; // restart the animation when two scans come close together
   element.dataset.flash = kind;
+  // A Web Animation restarts on every scan without forcing a layout, as re-adding a CSS class would.
+  const [colour, ms] = FLASH[kind];
+  element.animate([{ backgroundColor: colour }, { backgroundColor: "transparent" }], { duration: still.matches ? 1 : ms });
 }

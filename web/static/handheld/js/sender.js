@@ -129,13 +129,16 @@ export class Sender extends EventTarget {
     }
     await this._uploadPhotos(waiting);
     const answers = await Promise.allSettled(batches.map((batch) => this._send(batch)));
+    answers.forEach((answer, i) => {
+      answer.batch = batches[i];
+    });
     let wait = null;
     let gap = null;
     for (const answer of answers) {
       if (answer.status === "rejected") {
         const error = answer.reason instanceof ApiError ? answer.reason : new ApiError(0, { message: String(answer.reason) });
         if (!error.retryable) {
-          await this._refuseWhole(answer.reason.batch, error);
+          await this._refuseWhole(answer.batch, error);
           continue;
         }
         wait = wait || error;
@@ -149,6 +152,7 @@ export class Sender extends EventTarget {
       }
       const codes = new Set((body.errors ?? []).map((e) => e.code));
       if (codes.has("SEQUENCE_GAP")) gap = num(body.expected_seq);
+      if (codes.has("PHOTO_NOT_UPLOADED")) await this._forgetUploads(body.errors, answer.batch);
       for (const code of WAIT) {
         if (codes.has(code)) {
           const first = body.errors.find((e) => e.code === code);
@@ -179,12 +183,7 @@ export class Sender extends EventTarget {
       })),
       head: { seq: last.seq, hash: last.hash, signature },
     };
-    try {
-      return await device("POST", "/api/sync/batch", this.identity.device_token, body);
-    } catch (error) {
-      error.batch = events;
-      throw error;
-    }
+    return device("POST", "/api/sync/batch", this.identity.device_token, body);
   }
 
   /** A whole request refused (400, 401, 403 REVOKED, 413): its events are failed, a person must look. */
@@ -194,6 +193,19 @@ export class Sender extends EventTarget {
       { ok: [], errors: seqs.map((seq) => ({ seq, code: error.code, message: error.message })) },
       new Set(),
     );
+  }
+
+  /** The box does not have a photo this device thought it had sent (it was restored from a backup, say):
+   * send it again before the batch goes again. */
+  async _forgetUploads(errors, batch) {
+    const missing = new Set(errors.filter((e) => e.code === "PHOTO_NOT_UPLOADED").map((e) => Number(e.seq)));
+    for (const event of batch.filter((e) => missing.has(e.seq))) {
+      await db.write(["photos"], async (tx) => {
+        const store = tx.objectStore("photos");
+        const photo = await db.done(store.get(event.payload.sha256));
+        if (photo) store.put({ ...photo, uploaded: false });
+      });
+    }
   }
 
   /** Photos go before the events that name them: the box refuses a photo.attached it does not hold. */
