@@ -21,8 +21,10 @@ from tests.web.scenario import LONG_LEASES, CountScenario, build, password
 TABLET = {"width": 1280, "height": 800}  # a 10" tablet held landscape
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One chromium per test module. Not per session: Playwright's sync API runs one at a time in a
+    process, and the handheld page's tests start their own (a persistent profile trusting the store CA)."""
     with launch_chromium() as launched:
         yield launched
 

@@ -56,9 +56,12 @@ def trusting_home(home: Path, ca_pem: Path) -> Path:
 
 
 @contextmanager
-def trusting_browser(home: Path, profile: Path) -> Iterator[Any]:
+def trusting_browser(home: Path, profile: Path, *, camera: Path | None = None) -> Iterator[Any]:
     """A persistent chromium profile (IndexedDB and the service worker survive a closed tab, as on a
-    phone) under a HOME that trusts the store CA. Yields the browser context."""
+    phone) under a HOME that trusts the store CA. Yields the browser context.
+
+    ``camera``: a Y4M video the browser's camera films (chromium's fake capture device), permission
+    granted as a verifier would grant it."""
     if not CHROMIUM.exists():
         need(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)")
     try:
@@ -77,6 +80,15 @@ def trusting_browser(home: Path, profile: Path) -> Iterator[Any]:
             has_touch=True,
             ignore_https_errors=False,
             service_workers="allow",
+            args=(
+                [
+                    "--use-fake-device-for-media-stream",
+                    "--use-fake-ui-for-media-stream",
+                    f"--use-file-for-fake-video-capture={camera}",
+                ]
+                if camera
+                else []
+            ),
         )
         try:
             yield context
@@ -206,12 +218,19 @@ class Phone:
         return int(self.page.get_attribute("body", "data-pending") or 0)
 
     def wait_drained(self, timeout: float = 60.0) -> float:
+        """Until no scan is being committed, the device's queue in IndexedDB holds nothing pending and
+        the sender is idle; returns the seconds it took."""
         start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if self.pending() == 0 and self.page.evaluate("window.__handheld.sender.state") == "idle":
-                return time.monotonic() - start
-            time.sleep(0.05)
-        raise TimeoutError(f"the queue did not drain in {timeout} s: {self.pending()} pending")
+        self.until(
+            """(async () => {
+                const queue = await import('/static/handheld/js/queue.js');
+                const { pending } = await queue.stats();
+                const app = window.__handheld;
+                return !app.busy() && pending === 0 && app.sender.state === 'idle';
+            })()""",
+            timeout,
+        )
+        return time.monotonic() - start
 
     def text(self, selector: str) -> str:
         found: str = self.page.inner_text(selector)

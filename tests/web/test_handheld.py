@@ -23,7 +23,15 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import ServerProcess
-from tests.web.handheld import LONG_LEASES, Phone, Store, provisioned_server, trusting_browser, trusting_home
+from tests.web.handheld import (
+    LONG_LEASES,
+    Cable,
+    Phone,
+    Store,
+    provisioned_server,
+    trusting_browser,
+    trusting_home,
+)
 
 
 @pytest.fixture(scope="module")
@@ -313,3 +321,92 @@ def test_no_expected_quantity_reaches_the_page(box: ServerProcess, store: Store,
     stored_catalog = phone.page.evaluate("import('/static/handheld/js/db.js').then((db) => db.getMeta('catalog'))")
     assert stored_catalog["products"], "the catalog was prefetched"
     assert "expected" not in json.dumps(stored_catalog)
+
+
+def test_undo_pause_and_resume(box: ServerProcess, store: Store, context: Any) -> None:
+    phone = Phone(context, box)
+    session = counting(phone, store, "esha", ["G-06", "G-07"])
+    code = codes_of(store, 1)[0]
+    for _ in range(3):
+        phone.scan(code)
+    phone.until("document.body.dataset.scans === '3'")
+    phone.page.click("#last-undo")
+    phone.until("document.getElementById('rack-units').textContent === '2'")
+    phone.page.click("#rack-pause")
+    phone.until("document.getElementById('scan').disabled")
+    assert phone.text("#hud-lease") == "paused"
+    phone.page.click("#rack-pause")  # now "Resume"
+    phone.until("!document.getElementById('scan').disabled")
+    phone.scan(code)
+    phone.until("document.getElementById('rack-units').textContent === '3'")
+    phone.wait_drained(30)
+    kinds = Counter(e[2] for e in stored(box, writer_id(phone)))
+    assert (kinds["scan.recorded"], kinds["scan.undone"]) == (4, 1)
+    assert box_totals(store, session["session_id"]) == page_totals(phone)
+    assert sum(q for q, _d in page_totals(phone)["items"].values()) == 3
+
+
+def test_a_revoked_device_stops_sending_and_says_why(box: ServerProcess, store: Store, context: Any) -> None:
+    phone = Phone(context, box)
+    counting(phone, store, "farid", ["G-08"])
+    code = codes_of(store, 1)[0]
+    phone.scan(code)
+    phone.wait_drained(30)
+    answer = store.boss.post(f"/api/devices/{writer_id(phone)}/revoke", json={"reason": "lost on the floor"})
+    assert answer.status_code == 200, answer.text
+    phone.scan(code)
+    phone.until("!document.getElementById('sender-stopped').hidden", 30)
+    assert "REVOKED" in phone.text("#sender-stopped")
+    assert phone.pending() == 0  # not sent again and again: it waits for a person
+    failed = phone.page.evaluate(
+        "import('/static/handheld/js/db.js').then((db) => db.all('events')).then((rows) => rows.map((r) => r.state))"
+    )
+    assert Counter(failed) == {"synced": 1, "failed": 1}  # kept on the device, never dropped
+
+
+def test_a_lost_lease_is_shown(tmp_path: Path) -> None:
+    """The handheld drops out of reach past its lease; another verifier claims the rack; when the
+    handheld comes back its later scans are kept, flagged late_lease, and the page says the lease is lost."""
+    server = provisioned_server(
+        tmp_path / "box", env={"STOCKVERIFY_LEASE_TTL_S": "3", "STOCKVERIFY_LEASE_RENEW_S": "1"}
+    )
+    try:
+        server.wait_ready()
+        store = Store(server)
+        home = trusting_home(tmp_path / "home", server.data_dir / "tls" / "ca.pem")
+        assert server.https_port is not None
+        wifi = Cable(server.https_port)
+        for name in ("gita", "hari"):
+            store.verifier(name)
+        run = store.boss.post("/api/runs", json={"name": "lease", "kind": "hard"}).json()["run_id"]
+        mine = store.boss.post(f"/api/runs/{run}/sessions", json={"racks": ["G-01"], "verifier": "gita"}).json()
+        theirs = store.boss.post(f"/api/runs/{run}/sessions", json={"racks": ["G-01"], "verifier": "hari"}).json()
+        assert store.boss.post(f"/api/runs/{run}/start").status_code == 200
+        with trusting_browser(home, tmp_path / "profile") as context:
+            phone = Phone(context, server, url=wifi.url)
+            phone.pair(store.pairing_code())
+            phone.login("gita", "gita-pass")
+            phone.open_session(mine["session_id"])
+            phone.page.click("[data-action='session-start']")
+            phone.page.wait_for_selector("[data-action='rack-G-01']")
+            phone.claim("G-01")
+            code = codes_of(store, 1)[0]
+            phone.scan(code)
+            phone.wait_drained(30)
+            wifi.set_cut(True)
+            time.sleep(4)  # past the lease: nobody renewed it
+            hari = server.client(server.login("hari", "hari-pass"))
+            assert hari.post(f"/api/sessions/{theirs['session_id']}/start").status_code == 200
+            taken = hari.post(f"/api/runs/{run}/racks/G-01/claim", json={"session_id": theirs["session_id"]})
+            assert taken.status_code == 201, taken.text
+            phone.scan(code)  # made offline, under the old token
+            wifi.set_cut(False)
+            phone.until("!document.getElementById('lease-lost').hidden", 30)
+            assert "Lease lost on rack G-01" in phone.text("#lease-lost")
+            phone.wait_drained(30)
+            phone.until("document.querySelector('#recent li[data-state=\"conflict\"]') !== null", 15)
+            assert "late_lease" in phone.text("#recent")
+            assert phone.text("#hud-lease") == "lease lost"
+        wifi.close()
+    finally:
+        server.stop()

@@ -368,7 +368,10 @@ async function rackMove(move) {
 
 $("rack-pause").addEventListener("click", async () => {
   const move = app.work.state === "paused" ? "resume" : "pause";
-  if (await rackMove(move)) renderCount();
+  if (await rackMove(move)) {
+    renderCount();
+    focusScan();
+  }
 });
 
 $("rack-finish").addEventListener("click", async () => {
@@ -471,6 +474,7 @@ function classify(found) {
 const SEVERITY = { ok: 0, unknown: 1, conflict: 2 };
 const waiting = []; // scans read but not yet committed: {code, keyAt, resolve}
 let writing = null;
+app.busy = () => waiting.length > 0 || writing !== null; // a scan is being committed
 
 /** One scanned code: committed to the queue first, then shown, heard and felt. Codes read while the
  * previous commit is under way wait and are committed together, in the order they were read. Resolves

@@ -256,7 +256,7 @@ export class Heartbeat extends EventTarget {
         app_version: APP_VERSION,
         session_id: this.sessionId,
       });
-      this.everyS = Math.max(5, num(answer.lease_renew_s) || 20);
+      this.everyS = Math.max(1, num(answer.lease_renew_s) || 20); // the box's word: leases lapse after lease_ttl_s
       await queue.observeServerHlc(answer.server_hlc);
       this.last = answer;
       this.sender.retryNow();

@@ -35,20 +35,25 @@ export class Tally {
     return entry;
   }
 
-  /** Fold one of this device's events (only those the last pull did not already include). */
+  /** Fold one of this device's events. The pull already holds the session's counts up to its head_seq,
+   * so only later events change them; the rack's units and the scans an undo may take back are this
+   * device's own, which the pull does not break down, so every event counts for those. */
   apply(event) {
-    if (event.seq <= this.headSeq) return;
     const p = event.payload;
+    const scan = event.type === "scan.recorded" || event.type === "scan.undone";
+    const sign = event.type === "scan.undone" ? -1 : 1;
+    if (scan) {
+      this.racks.set(p.rack_id, (this.racks.get(p.rack_id) ?? 0) + sign * p.qty);
+      if (sign > 0) this.scans.set(event.event_id, event);
+      else this.scans.delete(p.undoes);
+    }
+    if (event.seq <= this.headSeq) return;
     switch (event.type) {
       case "scan.recorded":
       case "scan.undone": {
-        const sign = event.type === "scan.recorded" ? 1 : -1;
         const found = this.resolve(p.code);
         if (found.product_id) this.item(found.product_id).qty += sign * p.qty;
         else this.unmatched.set(p.code, (this.unmatched.get(p.code) ?? 0) + sign * p.qty);
-        this.racks.set(p.rack_id, (this.racks.get(p.rack_id) ?? 0) + sign * p.qty);
-        if (sign > 0) this.scans.set(event.event_id, event);
-        else this.scans.delete(p.undoes);
         break;
       }
       case "count.adjusted":
