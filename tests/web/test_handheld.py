@@ -388,10 +388,11 @@ def test_a_lost_lease_is_shown(tmp_path: Path) -> None:
             phone.login("gita", "gita-pass")
             phone.open_session(mine["session_id"])
             phone.page.click("[data-action='session-start']")
-            phone.page.wait_for_selector("[data-action='rack-G-01']")
+            phone.page.wait_for_selector("[data-action='rack-G-01']:not([disabled])")
             phone.claim("G-01")
             code = codes_of(store, 1)[0]
             phone.scan(code)
+            phone.until("document.body.dataset.scans === '1'")
             phone.wait_drained(30)
             wifi.set_cut(True)
             time.sleep(4)  # past the lease: nobody renewed it
@@ -400,6 +401,7 @@ def test_a_lost_lease_is_shown(tmp_path: Path) -> None:
             taken = hari.post(f"/api/runs/{run}/racks/G-01/claim", json={"session_id": theirs["session_id"]})
             assert taken.status_code == 201, taken.text
             phone.scan(code)  # made offline, under the old token
+            phone.until("document.body.dataset.scans === '2'")
             wifi.set_cut(False)
             phone.until("!document.getElementById('lease-lost').hidden", 30)
             assert "Lease lost on rack G-01" in phone.text("#lease-lost")

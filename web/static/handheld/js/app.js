@@ -267,7 +267,9 @@ async function openSession(sessionId) {
     const item = document.createElement("li");
     const mine = app.work?.session_id === session.session_id && app.work.rack === code;
     const label = mine ? `Continue ${code}` : `Count ${code}`;
-    item.append(button(label, `rack-${code}`, () => claimRack(code, session.rack_ids[i]), "card"));
+    const claim = button(label, `rack-${code}`, () => claimRack(code, session.rack_ids[i]), "card");
+    claim.disabled = session.status !== "IN_PROGRESS"; // scans count only in a started session
+    item.append(claim);
     list.append(item);
   });
   await showFlags();
