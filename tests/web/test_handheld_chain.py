@@ -8,7 +8,6 @@ events of every device type, with integers at every msgpack width, are packed by
 
 from __future__ import annotations
 
-import json
 import random
 import string
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import pytest
 
 from replication.wire.codec import Event, sign_chain_head
 from tests.conftest import ServerProcess, launch_chromium
-from tests.replication.wire.test_protocol_vectors import PROTOCOL, _fields, _section, _seed
+from tests.replication.wire.test_protocol_vectors import PROTOCOL, _fields, _section, _seed, vector_event
 
 PKCS8_ED25519_PREFIX = "302e020100300506032b657004220420"  # RFC 8410: a PKCS #8 wrapper for a 32-byte seed
 
@@ -62,16 +61,7 @@ def test_the_protocol_vectors_pass_in_the_browser(page: Any) -> None:
     section = _section(PROTOCOL.read_text(encoding="utf-8"), "6. Test vectors")
     vectors = _fields(section)
     seed = _seed(section)
-    event = Event(
-        writer_id=vectors["writer_id"],
-        seq=int(vectors["seq"]),
-        event_id=vectors["event_id"],
-        type=vectors["type"],
-        payload=json.loads(vectors["payload"]),
-        hlc=int(vectors["hlc"]),
-        prev_hash=bytes.fromhex(vectors["prev_hash"]),
-        occurred_at=int(vectors["occurred_at"]),
-    )
+    event = vector_event(vectors)
     [(canonical, digest)] = page.evaluate(PACK, [event.writer_id, [js_event(event)]])
     assert canonical == vectors["canonical_bytes"]
     assert digest == vectors["hash"]

@@ -55,6 +55,11 @@ def vectors() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def event(vectors: dict[str, Any]) -> Event:
+    return vector_event(vectors)
+
+
+def vector_event(vectors: dict[str, Any]) -> Event:
+    """The page's event, as the box's codec holds it (the handheld page's test checks it in a browser)."""
     occurred = vectors["occurred_at"]
     return Event(
         writer_id=vectors["writer_id"],
