@@ -296,6 +296,8 @@ def test_every_page_works_under_its_own_content_security_policy(count: CountScen
     while not tab.page.evaluate("document.querySelector('dialog[open] img').naturalWidth"):
         assert time.monotonic() < deadline, "the QR code never loaded"
         time.sleep(0.05)
+    # Where a phone without the app pairs: the scanning page on this same box.
+    assert tab.page.inner_text("dialog[open] [data-handheld-url]") == count.server.url + "/handheld/"
     tab.page.keyboard.press("Escape")
     assert tab.page.evaluate("window.__violations") == []
     # The watch works: an inline style, which the policy forbids, is reported.

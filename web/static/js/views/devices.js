@@ -160,6 +160,13 @@ export async function render(ctx) {
           h("p", {}, "On the handheld, scan the QR code, or type this code:"),
           h("p", { class: "pair-code", dataset: { pairingCode: made.code } }, made.code),
           left,
+          h(
+            "p",
+            { class: "muted" },
+            "A phone or handheld without the app opens the scanning page at ",
+            h("b", { dataset: { handheldUrl: "" } }, `${location.origin}/handheld/`),
+            " and pairs there (Scan QR code uses its camera).",
+          ),
         ),
       ),
     );
