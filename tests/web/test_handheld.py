@@ -412,3 +412,44 @@ def test_a_lost_lease_is_shown(tmp_path: Path) -> None:
         wifi.close()
     finally:
         server.stop()
+
+
+def test_a_record_the_box_refuses_is_set_aside_and_the_rest_go(box: ServerProcess, store: Store, context: Any) -> None:
+    """A record naming a session the box does not have can never be accepted: a person sets it aside on
+    the device (where it stays listed) and the records made after it are chained again and sent."""
+    phone = Phone(context, box)
+    counting(phone, store, "jaya", ["G-12"])
+    code = codes_of(store, 1)[0]
+    phone.scan(code)
+    phone.until("document.body.dataset.scans === '1'")
+    phone.wait_drained(30)
+    context.set_offline(True)
+    phone.page.evaluate(
+        """async () => {
+            const queue = await import('/static/handheld/js/queue.js');
+            const app = window.__handheld;
+            await queue.record(app.identity.writer_id, 'scan.recorded', {
+                session_id: '01NOSVCHSESS10N0000000000X', code: 'STRAY', qty: 1, rack_id: app.work.rack_id,
+                product_id: null, token: app.work.token, by: app.login.user.user_id,
+            });
+        }"""
+    )
+    for _ in range(3):
+        phone.scan(code)
+    phone.until("Number(document.body.dataset.pending) === 4")
+    context.set_offline(False)
+    phone.until("!document.getElementById('sender-stopped').hidden", 30)
+    assert "SESSION_NOT_FOUND" in phone.text("#sender-stopped")
+    phone.page.once("dialog", lambda dialog: dialog.accept())
+    phone.page.click("#sender-drop")
+    phone.wait_drained(30)
+    events = stored(box, writer_id(phone))
+    assert [e[0] for e in events] == list(range(1, len(events) + 1))
+    assert len([e for e in events if e[2] == "scan.recorded"]) == 4
+    dropped = phone.page.evaluate(
+        """import('/static/handheld/js/db.js')
+            .then((db) => db.getMeta('dropped'))
+            .then((d) => d.map((e) => [e.seq, e.payload.code, e.error.code]))"""
+    )
+    assert dropped == [[2, "STRAY", "SESSION_NOT_FOUND"]]
+    assert phone.page.get_attribute("#sender-stopped", "hidden") is not None

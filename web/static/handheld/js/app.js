@@ -79,6 +79,7 @@ async function refreshBanner() {
   if (sender.state === "stopped") {
     const error = sender.stoppedFor || {};
     $("sender-stopped-text").textContent = `Sending stopped: ${error.message || "the box refused a record"} (${error.code || "?"}). A supervisor must look; nothing is lost.`;
+    $("sender-drop").hidden = !queue.DROPPABLE.has(error.code);
   }
   document.body.dataset.pending = String(stats.pending);
 }
@@ -89,6 +90,17 @@ queue.changes.addEventListener("answered", () => refreshRecentStates());
 app.sender.addEventListener("change", refreshBanner);
 addEventListener("offline", refreshBanner);
 $("sender-resume").addEventListener("click", () => app.sender.resume());
+// A record refused for what it says (a session or product that does not exist on the box) can never be
+// accepted: a supervisor sets it aside on the device, where it stays listed, and the records after it go.
+$("sender-drop").addEventListener("click", async () => {
+  const [refused] = await queue.failed();
+  if (!refused || !confirm(`Set aside the refused record #${refused.seq} (${refused.error?.code})? It stays listed on this device.`)) return;
+  await queue.dropAndRechain(app.identity.writer_id, refused.seq);
+  app.sender.stoppedFor = null;
+  app.sender.retryNow();
+  if (app.session) await loadSession(app.session.session_id); // its counts without the record set aside
+  if (document.body.dataset.view === "count") renderCount();
+});
 setInterval(refreshBanner, 1000);
 
 // -- pairing ------------------------------------------------------------------------------------------

@@ -168,3 +168,55 @@ export async function retryFailed() {
   });
   announce("recorded", {});
 }
+
+/** The box refused these for what they say, whatever was resent (docs/sync-protocol.md §4.2): the
+ * record is set aside and the next one takes its seq. */
+export const DROPPABLE = new Set([
+  "SESSION_NOT_FOUND",
+  "USER_NOT_FOUND",
+  "PRODUCT_NOT_FOUND",
+  "RACK_NOT_FOUND",
+  "RACK_NOT_IN_SESSION",
+  "SCAN_NOT_FOUND",
+]);
+
+/**
+ * A person set aside the refused event at ``seq``: it moves to the ``dropped`` list in ``meta`` (kept on
+ * the device, with the box's code, for whoever looks later), and every later event, none of which the
+ * box has accepted, is chained again from ``seq`` on — same ids, payloads and hlcs, new seq, prev_hash
+ * and hash — in one transaction, so the chain is never half rewritten.
+ */
+export async function dropAndRechain(writerId, seq) {
+  const moved = await db.write(["meta", "events"], async (tx) => {
+    const meta = tx.objectStore("meta");
+    const store = tx.objectStore("events");
+    const refused = await db.done(store.get(seq));
+    if (!refused || refused.state !== "failed" || !DROPPABLE.has(refused.error?.code)) {
+      throw new Error("only a record the box refused for what it says can be set aside");
+    }
+    const later = await db.done(store.getAll(IDBKeyRange.lowerBound(seq, true)));
+    if (later.some((e) => e.state === "synced")) throw new Error("the box already holds a later record");
+    const before = seq > 1 ? await db.done(store.get(seq - 1)) : null;
+    const dropped = (await db.done(meta.get("dropped"))) ?? [];
+    dropped.push({ ...refused, dropped_at: Date.now() });
+    meta.put(dropped, "dropped");
+    store.delete(IDBKeyRange.lowerBound(seq));
+    let head = (await db.done(meta.get("head"))) ?? { floor: 0n };
+    let prev = before ? before.hash : ZERO_HASH;
+    let next = seq;
+    for (const event of later) {
+      const again = { ...event, seq: next, prev_hash: prev, state: "pending" };
+      delete again.error;
+      again.hash = eventHash(writerId, again);
+      store.add(again);
+      prev = again.hash;
+      next += 1;
+    }
+    const last = later.length ? later[later.length - 1].hlc : before ? before.hlc : 0n;
+    head = { seq: next - 1, hash: prev, hlc: last, floor: head.floor };
+    meta.put(head, "head");
+    return later.length;
+  });
+  announce("recorded", {});
+  return moved;
+}
