@@ -814,7 +814,7 @@ async function keepStorage() {
   document.body.dataset.persisted = persisted ? "1" : "0";
   $("storage-warning").hidden = persisted;
   $("storage-warning").textContent =
-    "Storage not guaranteed: the browser could clear unsent scans when space runs low. Install this page (Add to Home screen) to keep them.";
+    "Storage not guaranteed: unsent scans could be cleared if the device runs out of space. Install this page (Add to Home screen).";
 }
 
 async function registerWorker() {
