@@ -193,6 +193,7 @@ class KeyDecoder:
         self._chars: list[str] = []
         self._alt_digits: list[int] = []
         self._after_dead = False
+        self._overflow = False  # this code passed max_length: the rest of it is dropped up to its suffix
         self._state: Any = _new_state(self._keymap)
         self._raw: Any = self._state._state
         self.codes = 0
@@ -253,6 +254,11 @@ class KeyDecoder:
         self._append(chr(cp))
         return None
 
+    @property
+    def overflowing(self) -> bool:
+        """The code under way passed ``max_length``: its keys are being dropped until its suffix."""
+        return self._overflow
+
     def feed_all(self, events: Iterable[tuple[int, int]]) -> list[str]:
         """Every code the events complete, in order."""
         codes = []
@@ -270,6 +276,7 @@ class KeyDecoder:
         self._chars.clear()
         self._alt_digits.clear()
         self._after_dead = False
+        self._overflow = False
         self._state = _new_state(self._keymap)
         self._raw = self._state._state
         return dropped
@@ -279,14 +286,21 @@ class KeyDecoder:
             self._after_dead = False
         if char is None:
             return
-        if len(self._chars) >= self._max_length:
-            self.dropped_chars += len(self._chars)
+        if self._overflow or len(self._chars) >= self._max_length:
+            # A code longer than any barcode is noise (a stuck key, a scanner in the wrong mode): all of
+            # it is dropped, up to its suffix, rather than its tail passed on as a code of its own.
+            self.dropped_chars += len(self._chars) + 1
             self._chars.clear()
+            self._overflow = True
+            return
         self._chars.append(char)
 
     def _finish(self) -> str | None:
         self._after_dead = False
         self._alt_digits.clear()
+        if self._overflow:
+            self._overflow = False
+            return None
         if not self._chars:
             return None  # a bare suffix (a trigger pulled on nothing) is no code
         code = "".join(self._chars)

@@ -226,9 +226,11 @@ def test_bare_enter_is_no_code() -> None:
 
 
 def test_a_code_that_never_ends_is_bounded() -> None:
+    """All of an over-long code is dropped and counted, not its tail passed on as a code; the next code
+    is read whole."""
     decoder = KeyDecoder("us", max_length=10)
-    assert decoder.feed_all(keystrokes("x" * 25 + "\r", "us")) == ["xxxxx"]
-    assert decoder.dropped_chars == 20
+    assert decoder.feed_all(keystrokes("x" * 25 + "\r" + "96385074\r", "us")) == ["96385074"]
+    assert decoder.dropped_chars == 25
 
 
 def test_unknown_layout_and_settings_are_refused() -> None:
