@@ -5,12 +5,8 @@ has the focus, a console login included. So the device is grabbed (``EVIOCGRAB``
 opened, and its key events reach only this reader; they are decoded through the scanner's configured
 layout by ``hardware.keyboard.KeyDecoder``, without a display server.
 
-The reader is the same shape as ``hardware.serial_scanner.SerialScanner``, so the box's scanner service
-treats both alike: a thread of its own from ``start()`` until ``close()`` or unplug, waiting in ``poll``
-on the device and on a wake-up pipe (an idle scanner costs no CPU, ``close()`` is prompt), the callbacks
-``on_code``, ``on_dropped(chars, reason)`` and ``on_end(error)`` called from that thread (the service
-passes them to its event loop with ``loop.call_soon_threadsafe``), and ``codes`` / ``dropped_chars``
-counters.
+Its life (a thread of its own, the callbacks, dropping an unfinished code, releasing the device) is
+``hardware.reader.ScannerReader``'s, shared with the serial scanners.
 
 Unplugged, an event device's reads fail with ENODEV (EIO on some kernels), or end of file and POLLHUP
 (a pty under umockdev). The reader then ends at once and never polls the dead descriptor again (users of
@@ -27,15 +23,13 @@ import logging
 import os
 import select
 import struct
-import threading
 from collections.abc import Callable
 from contextlib import suppress
-from types import TracebackType
 
 import evdev
 
 from hardware.keyboard import KeyDecoder
-from hardware.serial_scanner import DropReason
+from hardware.reader import DropReason, ScannerReader
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +48,7 @@ class DeviceGone(OSError):
     """The event device vanished (unplugged): end of file, POLLHUP or a dead descriptor."""
 
 
-class EvdevScanner:
+class EvdevScanner(ScannerReader):
     """One keyboard-wedge scanner, read in its own thread from ``start()`` until ``close()`` or unplug.
 
     Single use: after it ends (``on_end`` called), a replugged scanner gets a new instance.
@@ -86,30 +80,15 @@ class EvdevScanner:
         self.decoder = KeyDecoder(
             layout, variant, suffix, gs_key=gs_key, keymap_text=keymap_text, max_length=max_code_chars
         )
+        super().__init__(devnode, on_code=on_code, on_dropped=on_dropped, on_end=on_end)
         self.devnode = devnode
         self.layout = layout
-        self.codes = 0
-        self.dropped_chars = 0
         self.grabbed = False
-        self.error: BaseException | None = None
-        self._on_code = on_code
-        self._on_dropped = on_dropped
-        self._on_end = on_end
         self._device: evdev.InputDevice[str] | None = None
         self._pending = b""
         self._too_long = 0  # characters of an over-long code dropped so far, said once at its suffix
-        self._lock = threading.Lock()  # the wake-up pipe: close() writes to it, the reader closes it
-        self._stop = threading.Event()
-        self._wake_r = self._wake_w = -1
-        self._thread: threading.Thread | None = None
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def thread(self) -> threading.Thread | None:
-        return self._thread
+    kind = "evdev-scanner"
 
     @property
     def partial_chars(self) -> int:
@@ -121,66 +100,16 @@ class EvdevScanner:
         """The name the device reports (``EVIOCGNAME``), once started."""
         return None if self._device is None else self._device.name
 
-    def start(self) -> None:
-        """Open and grab the device, then start reading. ``OSError`` propagates: a missing node, no
-        permission, or ``EBUSY`` when another program holds the grab (then nothing is left open)."""
-        if self._thread is not None or self._stop.is_set():
-            raise RuntimeError("an EvdevScanner is started once; make a new one for a replugged scanner")
+    def _open(self) -> None:
+        """Open and grab the device. ``OSError`` propagates: a missing node, no permission, or
+        ``EBUSY`` when another program holds the grab (then nothing is left open)."""
         self._device = evdev.InputDevice(self.devnode)
         try:
             self._device.grab()
-            self.grabbed = True
-            self._wake_r, self._wake_w = os.pipe()
-            self._thread = threading.Thread(target=self._run, name=f"evdev-scanner {self.devnode}", daemon=True)
-            self._thread.start()
         except BaseException:
-            self._release()
+            self._close_device()
             raise
-
-    def close(self) -> None:
-        """Stop reading and wait for the reader to end; events already received are decoded first.
-
-        Safe to call more than once, after an unplug, before ``start()``, and from a callback (then it
-        does not wait).
-        """
-        with self._lock:
-            self._stop.set()
-            if self._wake_w >= 0:
-                os.write(self._wake_w, b"\0")
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
-
-    def __enter__(self) -> EvdevScanner:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def _run(self) -> None:
-        error: BaseException | None = None
-        try:
-            self._read_until_stopped()
-            self._drain()
-        except OSError as exc:
-            error = exc
-        except Exception as exc:  # a bug here must still release the device and say the reader ended
-            log.exception("evdev scanner %s failed", self.devnode)
-            error = exc
-        finally:
-            dropped = self.decoder.reset()
-            if dropped:
-                reason: DropReason = (
-                    "closed" if error is None else "vanished" if isinstance(error, OSError) else "failed"
-                )
-                self._report_drop(len(dropped), reason)
-            self._release()
-            self.error = error
-            if self._on_end is not None:
-                self._call(self._on_end, error)
+        self.grabbed = True
 
     def _read_until_stopped(self) -> None:
         assert self._device is not None
@@ -245,28 +174,15 @@ class EvdevScanner:
                 self._report_drop(self._too_long, "too_long")
                 self._too_long = 0
             if completed is not None:
-                self.codes += 1
-                self._call(self._on_code, completed)
+                self._deliver(completed)
 
-    def _report_drop(self, chars: int, reason: DropReason) -> None:
-        self.dropped_chars += chars
-        log.warning("evdev scanner %s: dropped %d chars (%s)", self.devnode, chars, reason)
-        if self._on_dropped is not None:
-            self._call(self._on_dropped, chars, reason)
+    def _drop_partial(self, reason: DropReason) -> None:
+        dropped = self.decoder.reset()  # modifiers held at an unplug are forgotten too
+        if dropped:
+            self._report_drop(len(dropped), reason)
 
-    def _call(self, callback: Callable[..., object], *args: object) -> None:
-        try:
-            callback(*args)
-        except Exception:
-            log.exception("evdev scanner %s: callback %r failed", self.devnode, callback)
-
-    def _release(self) -> None:
-        """Give back the wake-up pipe, the grab and the device; the reader does it itself."""
-        with self._lock:
-            for fd in (self._wake_r, self._wake_w):
-                if fd >= 0:
-                    os.close(fd)
-            self._wake_r = self._wake_w = -1
+    def _close_device(self) -> None:
+        """Give back the grab and the device."""
         device = self._device
         if device is not None:
             if self.grabbed:

@@ -25,22 +25,20 @@ import errno
 import fcntl
 import logging
 import math
-import os
 import select
 import termios
-import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from types import TracebackType
 from typing import Literal, get_args
 
 import serial
 
+from hardware.reader import DropReason, ScannerReader
+
 log = logging.getLogger(__name__)
 
 Suffix = Literal["cr", "lf", "crlf", "none"]
-DropReason = Literal["vanished", "closed", "too_long", "undecodable", "failed"]
 
 _TERMINATORS: dict[Suffix, bytes] = {"cr": b"\r", "lf": b"\n", "crlf": b"\r\n", "none": b""}
 _CHUNK = 4096
@@ -92,7 +90,7 @@ def close_exclusive(port: serial.Serial) -> None:
         port.close()
 
 
-class SerialScanner:
+class SerialScanner(ScannerReader):
     """One serial scanner, read in its own thread from ``start()`` until ``close()`` or unplug.
 
     Single use: after it ends (``on_end`` called), a replugged scanner gets a new instance.
@@ -125,30 +123,19 @@ class SerialScanner:
         if gap <= 0:
             raise ValueError("gap must be a positive number of seconds")
         codecs.lookup(encoding)  # an unknown encoding fails here (LookupError), not in the reader thread
+        super().__init__(port, on_code=on_code, on_dropped=on_dropped, on_end=on_end)
         self.port = port
         self.baud = baud
         self.suffix: Suffix = suffix
         self.gap = gap
         self.encoding = encoding
         self.max_code_chars = max_code_chars
-        self.codes = 0
-        self.dropped_chars = 0
-        self.error: BaseException | None = None
-        self._on_code = on_code
-        self._on_dropped = on_dropped
-        self._on_end = on_end
         self._terminator = _TERMINATORS[suffix]
         self._buffer = bytearray()
         self._last_byte = 0.0
-        self._lock = threading.Lock()  # the wake-up pipe: close() writes to it, the reader closes it
-        self._stop = threading.Event()
         self._serial: serial.Serial | None = None
-        self._wake_r = self._wake_w = -1
-        self._thread: threading.Thread | None = None
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+    kind = "serial-scanner"
 
     @property
     def partial_chars(self) -> int:
@@ -156,57 +143,9 @@ class SerialScanner:
         now would drop, for ``doctor`` and a scanner's test mode."""
         return len(self._buffer)
 
-    def start(self) -> None:
-        """Open the port (``open_exclusive``; its ``SerialException`` propagates) and start reading."""
-        if self._thread is not None or self._stop.is_set():
-            raise RuntimeError("a SerialScanner is started once; make a new one for a replugged scanner")
+    def _open(self) -> None:
+        """``open_exclusive``; its ``SerialException`` propagates."""
         self._serial = open_exclusive(self.port, self.baud)
-        try:
-            self._wake_r, self._wake_w = os.pipe()
-            self._thread = threading.Thread(target=self._run, name=f"serial-scanner {self.port}", daemon=True)
-            self._thread.start()
-        except BaseException:
-            self._release()
-            raise
-
-    def close(self) -> None:
-        """Stop reading and wait for the reader to end; codes already received are delivered first.
-
-        Safe to call more than once, after an unplug, and from a callback (then it does not wait).
-        """
-        with self._lock:
-            self._stop.set()
-            if self._wake_w >= 0:
-                os.write(self._wake_w, b"\0")
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
-
-    def __enter__(self) -> SerialScanner:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def _run(self) -> None:
-        error: BaseException | None = None
-        try:
-            self._read_until_stopped()
-            self._drain()
-        except OSError as exc:  # serial.SerialException is an OSError
-            error = exc
-        except Exception as exc:  # a bug here must still release the port and say the reader ended
-            log.exception("serial scanner %s failed", self.port)
-            error = exc
-        finally:
-            self._drop_partial("closed" if error is None else "vanished" if isinstance(error, OSError) else "failed")
-            self._release()
-            self.error = error
-            if self._on_end is not None:
-                self._call(self._on_end, error)
 
     def _read_until_stopped(self) -> None:
         assert self._serial is not None
@@ -253,16 +192,16 @@ class SerialScanner:
             while (end := self._buffer.find(self._terminator)) >= 0:
                 code = bytes(self._buffer[:end])
                 del self._buffer[: end + len(self._terminator)]
-                self._deliver(code)
+                self._deliver_raw(code)
         if len(self._buffer) > self.max_code_chars:
             self._drop_partial("too_long")
 
     def _end_code_by_gap(self) -> None:
         code = bytes(self._buffer)
         self._buffer.clear()
-        self._deliver(code)
+        self._deliver_raw(code)
 
-    def _deliver(self, raw: bytes) -> None:
+    def _deliver_raw(self, raw: bytes) -> None:
         if not raw:
             return  # two suffixes in a row, e.g. a CRLF scanner set to "cr" then "lf": no code between
         try:
@@ -270,8 +209,7 @@ class SerialScanner:
         except UnicodeDecodeError:
             self._report_drop(self._chars(raw), "undecodable")
             return
-        self.codes += 1
-        self._call(self._on_code, code)
+        self._deliver(code)
 
     def _drop_partial(self, reason: DropReason) -> None:
         if self._buffer:
@@ -279,29 +217,10 @@ class SerialScanner:
             self._buffer.clear()
             self._report_drop(chars, reason)
 
-    def _report_drop(self, chars: int, reason: DropReason) -> None:
-        self.dropped_chars += chars
-        log.warning("serial scanner %s: dropped %d chars (%s)", self.port, chars, reason)
-        if self._on_dropped is not None:
-            self._call(self._on_dropped, chars, reason)
-
     def _chars(self, raw: bytes) -> int:
         return len(raw.decode(self.encoding, errors="replace"))
 
-    def _call(self, callback: Callable[..., object], *args: object) -> None:
-        try:
-            callback(*args)
-        except Exception:
-            log.exception("serial scanner %s: callback %r failed", self.port, callback)
-
-    def _release(self) -> None:
-        """Give back everything the reader holds; the reader does it itself, so an unplugged scanner
-        nobody calls ``close()`` on leaks no file descriptor."""
-        with self._lock:
-            for fd in (self._wake_r, self._wake_w):
-                if fd >= 0:
-                    os.close(fd)
-            self._wake_r = self._wake_w = -1
+    def _close_device(self) -> None:
         if self._serial is not None:
             close_exclusive(self._serial)
             self._serial = None
