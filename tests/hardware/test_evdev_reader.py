@@ -22,9 +22,7 @@ import ctypes
 import json
 import os
 import re
-import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -38,7 +36,7 @@ import pytest
 from hardware.evdev_reader import INPUT_EVENT, EvdevScanner
 from hardware.keyboard import keystrokes
 from tests.hardware.test_serial_scanner import Received, cpu_and_wakeups
-from tests.hardware.test_udev import UmockdevBed, _GError
+from tests.hardware.test_udev import UmockdevBed, _GError, under_umockdev
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "scanners"
@@ -396,25 +394,7 @@ SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
 
 
 def _under_umockdev(scenario: str, **env: str) -> dict[str, Any]:
-    from tests.conftest import need
-
-    if shutil.which("umockdev-wrapper") is None:
-        need("umockdev is not installed (apt-get install umockdev)")
-    try:
-        ctypes.CDLL("libumockdev.so.0")
-    except OSError:
-        need("libumockdev.so.0 is not installed (apt-get install umockdev, which brings libumockdev0)")
-    done = subprocess.run(
-        ["umockdev-wrapper", sys.executable, "-m", "tests.hardware.test_evdev_reader", scenario],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, f"scenario {scenario} failed:\n{done.stdout}\n{done.stderr}"
-    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return under_umockdev(__name__, scenario, **env)
 
 
 def test_each_code_arrives_once_in_each_layout_from_each_model() -> None:

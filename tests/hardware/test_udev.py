@@ -402,7 +402,10 @@ SCENARIOS: dict[str, Callable[[], Any]] = {
 }
 
 
-def _under_umockdev(scenario: str, **env: str) -> dict[str, Any]:
+def under_umockdev(module: str, scenario: str, **env: str) -> dict[str, Any]:
+    """Run ``scenario`` of the test ``module`` in a child under ``umockdev-wrapper`` (umockdev is loaded
+    at the child's start, and what sends its uevents must live in that process); its last line of
+    output is the JSON the test asserts on."""
     from tests.conftest import need
 
     if shutil.which("umockdev-wrapper") is None:
@@ -412,7 +415,7 @@ def _under_umockdev(scenario: str, **env: str) -> dict[str, Any]:
     except OSError:
         need("libumockdev.so.0 is not installed (apt-get install umockdev, which brings libumockdev0)")
     done = subprocess.run(
-        ["umockdev-wrapper", sys.executable, "-m", "tests.hardware.test_udev", scenario],
+        ["umockdev-wrapper", sys.executable, "-m", module, scenario],
         cwd=ROOT,
         env={**os.environ, **env},
         capture_output=True,
@@ -422,6 +425,10 @@ def _under_umockdev(scenario: str, **env: str) -> dict[str, Any]:
     )
     assert done.returncode == 0, f"scenario {scenario} failed:\n{done.stdout}\n{done.stderr}"
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _under_umockdev(scenario: str, **env: str) -> dict[str, Any]:
+    return under_umockdev(__name__, scenario, **env)
 
 
 def test_scanners_present_at_start_are_enumerated() -> None:

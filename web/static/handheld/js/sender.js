@@ -89,8 +89,9 @@ export class Sender extends EventTarget {
 
   async _run() {
     for (;;) {
-      if ((await queue.failed()).length) {
-        this.stoppedFor = this.stoppedFor || (await queue.failed())[0].error;
+      const [refused] = await queue.failed();
+      if (refused) {
+        this.stoppedFor = this.stoppedFor || refused.error;
         this._set("stopped", this.stoppedFor);
         await this._sleep(60000);
         continue;
