@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-import pyudev  # type: ignore[import-untyped]
+import pyudev
 
 log = logging.getLogger(__name__)
 
