@@ -13,7 +13,9 @@ server does, and stop it before the database closes:
 2. mDNS — browses for the store's other boxes, advertises this one once HTTP listens;
 3. replicator — pulls from peers, pushes to and pulls from HQ (``replication.peers``);
 4. lock forwarder — while this box does not grant locks, sends claims to the one that does;
-5. systemd — ``READY=1`` once HTTP listens, watchdog pings from the event loop, ``STOPPING=1`` first
+5. scanners — follows scanners plugged into the box and records what they read
+   (``appliance.scanners``);
+6. systemd — ``READY=1`` once HTTP listens, watchdog pings from the event loop, ``STOPPING=1`` first
    on the way out (``appliance.systemd``).
 """
 
@@ -39,7 +41,9 @@ from appliance.counting import locks
 from appliance.hq.hub import Hub
 from appliance.replica.lock_forwarding import LockForwarder
 from appliance.replica.store import BoxReplica
+from appliance.scanners import ScannerService
 from appliance.systemd import notifying
+from hardware.udev import DEFAULT_ALLOW
 from replication.discovery import Advertisement, Discovery, addresses_for, advertise_when_listening
 from replication.peers.client import Me
 from replication.peers.replicator import Replicator
@@ -76,6 +80,7 @@ class Services:
     replicator: Replicator | None = None  # while a store box has someone to exchange with
     lock_forwarder: LockForwarder | None = None  # used while this box is not the store's lock authority
     tls: Tls | None = None  # while the box serves HTTPS
+    scanners: ScannerService | None = None  # while the box reads scanners plugged into it
 
     @classmethod
     def for_box(cls, box: Box, *, tls: Tls | None = None) -> Services:
@@ -105,6 +110,7 @@ class Services:
             lambda _app: self.mdns(),
             lambda _app: self.replication(),
             lambda _app: self.lock_forwarding(),
+            lambda _app: self.scanner_service(),
             lambda _app: self.systemd(),
         ]
 
@@ -221,7 +227,23 @@ class Services:
             self.lock_forwarder = None
             await forwarder.close()
 
-    # -- 5. systemd ----------------------------------------------------------------------------------
+    # -- 5. scanners ---------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def scanner_service(self) -> AsyncIterator[None]:
+        box, settings = self.box, self.box.settings
+        if box.node.role == "hq" or not settings.scanners:
+            yield
+            return
+        service = ScannerService(box, allow=DEFAULT_ALLOW.extended(settings.scanner_allow))
+        await service.start()
+        self.scanners = service
+        try:
+            yield
+        finally:
+            self.scanners = None
+            await service.stop()
+
+    # -- 6. systemd ----------------------------------------------------------------------------------
     @asynccontextmanager
     async def systemd(self) -> AsyncIterator[None]:
         """Entered last, so the box is whole before systemd hears it is ready, and left first, so

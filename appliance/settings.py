@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields, replace
@@ -125,6 +126,18 @@ def _pem_file(value: Any) -> str:
 def _urls(value: Any) -> tuple[str, ...]:
     items = value if isinstance(value, list | tuple) else str(value).split(",")
     return tuple(_url(allow_empty=False)(item) for item in items if str(item).strip())
+
+
+_USB_ID = re.compile(r"^[0-9a-f]{4}(:[0-9a-f]{4})?$")
+
+
+def _usb_ids(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    ids = tuple(str(item).strip().lower() for item in items if str(item).strip())
+    for usb_id in ids:
+        if not _USB_ID.match(usb_id):
+            raise ValueError(f"{usb_id!r} is not a USB id: 'vvvv' (a vendor) or 'vvvv:pppp' (a product), see lsusb")
+    return ids
 
 
 def _secret(value: Any) -> str:
@@ -292,6 +305,24 @@ class Settings:
         "",
         _optional_path,
         "where stockverify backup writes its archives, the nightly ones too (empty: <data_dir>/backups)",
+    )
+    scanners: bool = setting(
+        True,
+        _bool,
+        "read barcode scanners plugged into the box (keyboard-wedge and serial, found by udev); false on a box"
+        " whose USB keyboards must stay keyboards",
+    )
+    scanner_allow: tuple[str, ...] = setting(
+        (),
+        _usb_ids,
+        "more USB ids to take for scanners, comma-separated: a vendor 'vvvv' or one product 'vvvv:pppp'"
+        " (the shipped udev rules know Zebra, Honeywell, Datalogic and Newland)",
+    )
+    scanner_layout: str = setting(
+        "us",
+        _text(32),
+        "the keyboard layout a new keyboard-wedge scanner types in (us, gb, de, fr, …); each scanner can be"
+        " changed on the dashboard's Scanners page",
     )
     backup_keep: int = setting(14, _int(1, 10_000), "how many of the newest backup archives backup_dir keeps")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import TypedDict
+from typing import NamedTuple, TypedDict
 
 from biip import ParseError
 from biip.gs1_element_strings import GS1ElementString
@@ -80,6 +80,37 @@ def item_fields(raw: str) -> ItemFields:
     if symbology is None and _looks_gs1(code):
         return _gs1_fields(code, aim)
     return _plain_fields(code, symbology, aim)
+
+
+class Scanned(NamedTuple):
+    """A code read by a scanner, as the box counts it."""
+
+    code: str  # what the scan is counted under
+    fields: ItemFields
+    error: str | None  # why a code that claims to be GS1 gave no fields (it is counted as read)
+
+
+def scanned(raw: str) -> Scanned:
+    """What a code read by a scanner on the box is counted under, and what it says about the item.
+
+    A GS1 element string is counted under its GTIN: its batch, dates and serial are the item's fields,
+    not part of what is counted, or every serialised pack would be a line of its own and a supervisor
+    would map each one. Any other code is counted as read, less the AIM prefix the scanner put before
+    it. A GS1 string that is not valid is counted as read too (an unmatched code a supervisor sees),
+    with the reason, never repaired.
+    """
+    code = raw.strip("\r\n")
+    symbology = _symbology(code)
+    aim = str(symbology) if symbology is not None else None
+    text = code[len(aim) :] if aim else code
+    gs1 = symbology.gs1_symbology in _GS1_SYMBOLOGIES if symbology is not None else _looks_gs1(text)
+    try:
+        fields = item_fields(raw)
+    except GS1Error as exc:
+        return Scanned(text, _empty(aim), exc.reason)
+    if gs1 and fields["gtin"]:
+        return Scanned(fields["gtin"], fields, None)
+    return Scanned(text, fields, None)
 
 
 def _symbology(code: str) -> SymbologyIdentifier | None:

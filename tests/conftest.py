@@ -8,7 +8,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -90,7 +90,17 @@ class ServerProcess:
     alone, and ``plain_url`` is the plain port (health, the CA, redirects).
     """
 
-    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None, https: bool = False) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        https: bool = False,
+        launcher: Sequence[str] = (),
+        module: Sequence[str] = ("appliance",),
+    ) -> None:
+        """``launcher`` runs before the interpreter (``umockdev-wrapper``); ``module`` is what ``-m`` runs,
+        with any arguments it takes before the CLI's (``tests.hardware.scanner_box``)."""
         self.data_dir = data_dir
         self.port = free_port()
         self.plain_url = f"http://127.0.0.1:{self.port}"
@@ -105,9 +115,10 @@ class ServerProcess:
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         self._command = [
+            *launcher,
             sys.executable,
             "-m",
-            "appliance",
+            *module,
             "serve",
             "--data-dir",
             str(data_dir),

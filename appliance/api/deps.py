@@ -23,6 +23,7 @@ from appliance.box import Box
 from appliance.errors import Forbidden, NotFound, Unauthenticated
 from appliance.hq.hub import Hub
 from appliance.replica.lock_forwarding import LockForwarder
+from appliance.scanners import ScannerService
 from appliance.services import Services, Tls
 
 Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
@@ -107,6 +108,9 @@ def dependencies(services: Services) -> dict[str, Provide]:
     def provide_device_forwarder(device: Device) -> LockForwarder | None:
         return services.lock_forwarder
 
+    def provide_scanners(user: User) -> ScannerService | None:
+        return services.scanners
+
     return {
         "box": Provide(provide_box, sync_to_thread=False),
         "user": Provide(provide_user, sync_to_thread=False),
@@ -118,6 +122,7 @@ def dependencies(services: Services) -> dict[str, Provide]:
         "tls": Provide(provide_tls, sync_to_thread=False),
         "forwarder": Provide(provide_forwarder, sync_to_thread=False),
         "device_forwarder": Provide(provide_device_forwarder, sync_to_thread=False),
+        "scanners": Provide(provide_scanners, sync_to_thread=False),
     }
 
 

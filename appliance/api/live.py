@@ -45,6 +45,8 @@ def _readable(box: Box, user: User) -> Callable[[dict[str, Any]], bool] | None:
     def readable(message: dict[str, Any]) -> bool:
         if message["kind"] == "session" and message.get("type") == "session.assigned":
             owners.pop(message["session_id"], None)
+        if message["kind"] == "scanner":
+            return False  # the box's scanners and their codes are the supervisors' page
         if message["kind"] not in ("scan", "held") or "session_id" not in message:
             return True
         session_id = message["session_id"]

@@ -43,6 +43,11 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     # Handhelds: pairing codes, the device list, revocation and the quarantine it creates.
     "devices.read": _OVERSIGHT,
     "devices.manage": _MANAGERS,
+    # Scanners plugged into the box: their list, settings and stations, and the codes no session took.
+    # A station's own screen is open to its session's verifier too (checked in the route).
+    "scanners.read": _OVERSIGHT,
+    "scanners.manage": _MANAGERS,
+    "stations.view": _ALL,
     # Replication with the store's other boxes and HQ: lag, pending events, errors.
     "replication.read": _OVERSIGHT,
     # Which box grants the store's locks: moving it voids every lease of the epoch before (DESIGN §6).

@@ -15,6 +15,7 @@ from appliance.counting import (
     rollups,
     runs,
     sessions,
+    stations,
     variance,
 )
 
@@ -30,5 +31,6 @@ __all__ = [
     "rollups",
     "runs",
     "sessions",
+    "stations",
     "variance",
 ]

@@ -209,7 +209,7 @@ _DOMAIN_CHECKS: dict[str, Callable[[Any, str], None]] = {
 }
 
 
-def _check_payload(event_type: str, payload: dict[str, Any]) -> None:
+def check_payload(event_type: str, payload: dict[str, Any]) -> None:
     schema = DEVICE_EVENT_TYPES.get(event_type)
     if schema is None:
         raise ValueError(f"a device may not send {event_type!r} events")
@@ -297,7 +297,7 @@ def precheck(device: Device, batch: WireBatch, clock: HybridClock) -> tuple[list
     for index, event in enumerate(events):
         try:
             event.payload_bytes  # noqa: B018 - canonical form is checked (and cached for the hash) here
-            _check_payload(event.type, event.payload)
+            check_payload(event.type, event.payload)
         except (ValueError, RecursionError) as exc:
             message = str(exc) if isinstance(exc, ValueError) else "the payload is nested too deep"
             return events, outcome.refuse_all(events, "VALIDATION", message, at=index)

@@ -45,7 +45,19 @@ MAX_SERIAL = 64
 MAX_TEXT = 64
 ITEM_STATUSES = ("partial", "finalized", "re-verify")
 CONDITIONS = ("good", "damaged", "expired", "opened", "repackaged", "other")
-ATTRIBUTES = ("mfg_date", "mrp_minor", "uom", "condition", "category", "subcategory", "status")
+# batch and expiry_date come from GS1 codes (AI 10, AI 17) a scanner on the box reads (counting.stations).
+ATTRIBUTES = (
+    "mfg_date",
+    "mrp_minor",
+    "uom",
+    "condition",
+    "category",
+    "subcategory",
+    "status",
+    "batch",
+    "expiry_date",
+)
+DATE_ATTRIBUTES = ("mfg_date", "expiry_date")
 
 
 def counting_session(conn: sqlite3.Connection, actor: User, session_id: str, supervising: bool = False) -> sqlite3.Row:
@@ -269,7 +281,7 @@ def check_attributes(attrs: dict[str, Any]) -> dict[str, Any]:
             raise ValidationFailed(f"unknown attribute {name!r}", details={"field": name})
         if value is None:
             clean[name] = None
-        elif name == "mfg_date":
+        elif name in DATE_ATTRIBUTES:
             clean[name] = _check_date(value, name)
         elif name == "mrp_minor":
             clean[name] = _check_mrp(value)
@@ -298,7 +310,7 @@ def _check_date(value: Any, name: str) -> str:
             return dt.date.fromisoformat(value).isoformat()
         except ValueError:
             pass
-    raise ValidationFailed("mfg_date must be a date like 2026-03-01", details={"field": name})
+    raise ValidationFailed(f"{name} must be a date like 2026-03-01", details={"field": name})
 
 
 def _bad(name: str, choices: tuple[str, ...] = ()) -> Any:

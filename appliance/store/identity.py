@@ -12,8 +12,9 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from appliance.errors import Unavailable
 from replication.wire import codec
@@ -38,6 +39,17 @@ class Node:
 
 def public_bytes(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def derived_key(node_key: Ed25519PrivateKey, purpose: str) -> Ed25519PrivateKey:
+    """A key the box holds for a writer it speaks for (a scanner plugged into it), derived from the
+    node key rather than kept in a file of its own: a restored backup of the node key brings every
+    such key back, and there is no second secret to lose or to leave behind on a replaced card."""
+    seed = node_key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"stockverify-edge writer key", info=purpose.encode())
+    return Ed25519PrivateKey.from_private_bytes(hkdf.derive(seed))
 
 
 def load_or_create_key(keys_dir: Path) -> tuple[Ed25519PrivateKey, bool]:

@@ -36,6 +36,18 @@ _RACK_MOVES = {
     "rack.reverify_requested": "re-verify",
 }
 
+# A scanner on the box enrolled, reconfigured, given a station or taken off one, a code kept or decided.
+_SCANNER_NEWS = frozenset(
+    {
+        "scanner.enrolled",
+        "scanner.configured",
+        "station.assigned",
+        "station.unassigned",
+        "scanner.code_kept",
+        "scanner.kept_decided",
+    }
+)
+
 
 def message_for(event: Event) -> dict[str, Any] | None:
     """The live message for a log event, or None for events nobody watches live."""
@@ -68,6 +80,8 @@ def message_for(event: Event) -> dict[str, Any] | None:
         return {"kind": "run", "type": event.type, "run_id": p["run_id"], "status": p.get("status")}
     if event.type in ("conflict.resolved",):
         return {"kind": "conflict", "type": event.type, "conflict_id": p["conflict_id"], "action": p["action"]}
+    if event.type in _SCANNER_NEWS:
+        return {"kind": "scanner", "type": event.type, "writer_id": p.get("writer_id")}
     if event.type in ("writer.enrolled", "writer.revoked", "writer.renamed"):
         return {"kind": "device", "type": event.type, "writer_id": p["writer_id"]}
     return None

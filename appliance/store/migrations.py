@@ -713,6 +713,59 @@ def m010_lock_designations(conn: sqlite3.Connection) -> None:
     )
 
 
+def m011_scanners(conn: sqlite3.Connection) -> None:
+    run_script(
+        conn,
+        """
+        -- Scanners plugged into a box of the store (appliance/counting/stations.py): each a writer of its
+        -- own, remembered by its USB serial or port (identity), with how to read it and the station
+        -- (session and rack) its codes count for.
+        CREATE TABLE scanners (
+            writer_id    TEXT PRIMARY KEY,
+            identity     TEXT NOT NULL,
+            node_id      TEXT NOT NULL,
+            kind         TEXT NOT NULL,
+            model        TEXT NOT NULL,
+            vendor_id    TEXT NOT NULL,
+            product_id   TEXT NOT NULL,
+            serial       TEXT,
+            name         TEXT NOT NULL,
+            layout       TEXT NOT NULL DEFAULT 'us',
+            variant      TEXT NOT NULL DEFAULT '',
+            suffix       TEXT,
+            baud         INTEGER NOT NULL DEFAULT 9600,
+            session_id   TEXT,
+            rack_id      TEXT,
+            assigned_by  TEXT,
+            assigned_at  INTEGER,
+            -- Last writer wins, by (hlc, writer), for the station and for the settings: any box of the
+            -- store may change them, and every replica must end with the same.
+            assign_hlc   INTEGER NOT NULL DEFAULT 0,
+            config_hlc   INTEGER NOT NULL DEFAULT 0,
+            enrolled_at  INTEGER NOT NULL,
+            UNIQUE (node_id, identity)
+        ) STRICT;
+
+        -- Codes a scanner read that no session took: it was assigned to none, or the session refused
+        -- them. Kept for a supervisor, who counts them into a session or sets them aside.
+        CREATE TABLE kept_scans (
+            event_id     TEXT PRIMARY KEY,
+            scanner_id   TEXT NOT NULL,
+            code         TEXT NOT NULL,
+            read_at      INTEGER NOT NULL,
+            reason       TEXT NOT NULL,
+            message      TEXT NOT NULL,
+            decision     TEXT,
+            decided_by   TEXT,
+            decided_at   INTEGER,
+            session_id   TEXT,
+            rack_id      TEXT
+        ) STRICT;
+        CREATE INDEX kept_scans_open ON kept_scans (decision, read_at);
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, Migration]] = [
     (1, m001_foundation),
     (2, m002_login_tokens),
@@ -724,6 +777,7 @@ MIGRATIONS: list[tuple[int, Migration]] = [
     (8, m008_events_by_hlc),
     (9, m009_held_events),
     (10, m010_lock_designations),
+    (11, m011_scanners),
 ]
 
 LATEST = MIGRATIONS[-1][0]
