@@ -47,7 +47,8 @@ from replication.wire.hlc import wall_ms
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 200  # codes of one scanner in one write
-REOPEN_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 15.0, 30.0)
+# A node udev announced may take a moment to open (its permissions applied): the first retry is quick.
+REOPEN_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0, 15.0, 30.0)
 WRITE_RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 MAX_TEST_MINUTES = 30
 RECENT = 20  # results each scanner keeps for the page
@@ -77,6 +78,7 @@ class Plugged:
     recent: list[dict[str, Any]] = field(default_factory=list)
     pending: list[_Pending] = field(default_factory=list)
     plugged_at: float = field(default_factory=time.monotonic)
+    plugged_at_ms: int = field(default_factory=wall_ms)
     ready_at: float | None = None  # when its reader first opened: hotplug_ready ends here
     # Seconds from the reader handing a code over to its COMMIT, for the last codes: a slow card shows here.
     commit_s: deque[float] = field(default_factory=lambda: deque(maxlen=COMMIT_WINDOW))
@@ -91,9 +93,10 @@ class Plugged:
         return {
             "writer_id": self.writer_id,
             "devnode": self.device.devnode,
-            "kind": self.device.kind.value,
+            "reader": self.device.kind.value,
             "state": self.state,
             "error": self.error,
+            "plugged_at": self.plugged_at_ms,
             "codes": self.codes,
             "dropped_chars": self.dropped_chars,
             "waiting": len(self.pending),
@@ -449,5 +452,5 @@ class ScannerService:
 
     def _publish(self, plugged: Plugged, what: str, **extra: Any) -> None:
         self.box.bus.publish(
-            [(None, {"kind": "scanner", "type": what, "name": plugged.name, **plugged.status(), **extra})]
+            [(None, {**plugged.status(), "kind": "scanner", "type": what, "name": plugged.name, **extra})]
         )

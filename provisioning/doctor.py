@@ -7,6 +7,7 @@ stopped taking them after an error, which ``statvfs`` does not report.)
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import ssl
@@ -18,15 +19,19 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
+import pyudev
+
 from appliance.counting.authority import CONFLICT, FORWARDING, GRANTING, LockAuthority
 from appliance.settings import Settings
 from appliance.store.db import DISK_FULL, DISK_LOW_BYTES, probe_disk
 from appliance.store.eventlog import verify_writer_chain
 from appliance.store.identity import KEY_FILE, load_or_create_key, public_bytes
 from appliance.store.migrations import LATEST, current_version
+from hardware.udev import DEFAULT_ALLOW, enumerate_scanners
 from provisioning.backup import newest_archive
 from provisioning.certificates import CA_FILE, TLS_DIR, load_server_identity
 
+SCANNER_RULES = "60-stockverify-scanners.rules"  # what provisioning installs (provisioning.provision)
 DISK_WARN_BYTES = 1024**3
 CERT_WARN_DAYS = 30
 NEIGHBOUR_TIMEOUT_S = 3.0
@@ -262,6 +267,77 @@ def run_checks(settings: Settings) -> list[Check]:
         else:
             checks.append(Check("chain", "fail", "; ".join(report.problems[:5])))
         checks.append(_locks(conn, node, settings))
+        if node["role"] == "box":
+            checks.extend(_scanners(conn, node, settings))
     finally:
         conn.close()
+    return checks
+
+
+def _scanners(conn: sqlite3.Connection, node: sqlite3.Row, settings: Settings, root: Path = Path("/")) -> list[Check]:
+    """Each scanner plugged into this box, what it counts for, and whether the box can read it; the
+    rules that make a scanner readable by the box and keep ModemManager off serial ones."""
+    if not settings.scanners:
+        return [Check("scanners", "ok", "off (setting scanners): scanners plugged in are not read")]
+    try:
+        present = enumerate_scanners(pyudev.Context(), DEFAULT_ALLOW.extended(settings.scanner_allow))
+    except Exception as exc:  # no udev on this machine
+        return [Check("scanners", "warn", f"udev cannot be asked ({exc}): scanners plugged in cannot be found")]
+    rules = root / "etc/udev/rules.d" / SCANNER_RULES
+    checks = []
+    if not rules.is_file():
+        checks.append(
+            Check(
+                "scanner_rules",
+                "warn",
+                f"{rules} is missing (run 'stockverify provision'): scanners of other makers are not found, the box"
+                " may lack the right to read them, and ModemManager may probe serial scanners",
+            )
+        )
+    known = (
+        {row["identity"]: row for row in conn.execute("SELECT * FROM scanners WHERE node_id = ?", (node["node_id"],))}
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'scanners'").fetchone()
+        else {}
+    )
+    for device in sorted(present.values(), key=lambda d: d.devnode):
+        row = known.get(device.identity)
+        name = f"scanner {device.devnode}"
+        label = row["name"] if row is not None else f"{device.model} (not seen by the box yet)"
+        if not os.access(device.devnode, os.R_OK | os.W_OK):
+            checks.append(
+                Check(
+                    name, "fail", f"{label}: this user may not open {device.devnode}; check the udev rules and groups"
+                )
+            )
+            continue
+        if row is None or row["session_id"] is None:
+            kept = (
+                0
+                if row is None
+                else conn.execute(
+                    "SELECT count(*) FROM kept_scans WHERE scanner_id = ? AND decision IS NULL", (row["writer_id"],)
+                ).fetchone()[0]
+            )
+            checks.append(
+                Check(
+                    name,
+                    "warn" if kept else "ok",
+                    f"{label}: counts for no station; its codes are kept for a supervisor ({kept} waiting)",
+                )
+            )
+            continue
+        where = conn.execute(
+            "SELECT s.status, u.display_name, r.code FROM sessions s LEFT JOIN users u ON u.user_id = s.verifier_id"
+            " LEFT JOIN racks r ON r.rack_id = ? WHERE s.session_id = ?",
+            (row["rack_id"], row["session_id"]),
+        ).fetchone()
+        text = f"{label}: counts for {where['display_name']}'s session" + (
+            f", rack {where['code']}" if where["code"] else ""
+        )
+        if where["status"] != "IN_PROGRESS":
+            checks.append(Check(name, "warn", f"{text}, which is {where['status']}: its codes are held"))
+        else:
+            checks.append(Check(name, "ok", text))
+    if not present:
+        checks.append(Check("scanners", "ok", f"none plugged in ({len(known)} known to this box)"))
     return checks

@@ -3,6 +3,7 @@ or, with ``--handheld``, the verifier's scanning page's.
 
     .venv/bin/python -m web.screenshots [--out docs/screenshots]
     .venv/bin/python -m web.screenshots --handheld [--out docs/screenshots]
+    .venv/bin/python -m web.screenshots --scanners [--out docs/screenshots]
 
 A developer's tool (it needs the test extras and Debian's chromium): it starts a demo box on a loopback
 port, makes the count of ``tests/web/scenario.py`` through the API, and photographs each main view the
@@ -13,12 +14,18 @@ chromium trusts the store CA as a handheld does: ``tests/web/handheld.py``) and 
 a phone held upright (393x851, device scale 2) as a verifier goes: pairing (``handheld-pair``), their
 sessions (``handheld-sessions``), a rack after 20 scans with a known item last (``handheld-count``), that
 item's details (``handheld-item``) and the Wi-Fi gone with scans waiting (``handheld-offline``).
+
+``--scanners`` starts a demo box under umockdev (``tests/hardware/scanner_box.py``) with a Zebra and a
+Datalogic scanner plugged in, the Zebra a station of a verifier's session with a few codes read, the
+Datalogic unassigned with a code kept, and photographs the Scanners page (``scanners``) and the Zebra's
+station screen (``station``) on the 10" tablet.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -173,12 +180,68 @@ def shoot_handheld(out: Path, tmp: Path) -> list[Path]:
     return made
 
 
+def shoot_scanners(out: Path, tmp: Path) -> list[Path]:
+    from tests.hardware.scanner_box import ScannerBox, station_session
+
+    box = ScannerBox(tmp / "box", "--demo", env={"STOCKVERIFY_LOG_LEVEL": "warning"})
+    made: list[Path] = []
+    try:
+        station = station_session(box.server)
+        client = station["supervisor"]
+        box.plug("zebra_ds2208_hid")
+        box.plug("datalogic_gryphon_hid")
+        rows = {}
+        for _ in range(100):
+            rows = {r["live"]["devnode"]: r for r in client.get("/api/scanners").json()["scanners"] if r["live"]}
+            if len(rows) == 2 and all(r["live"]["state"] == "reading" for r in rows.values()):
+                break
+            time.sleep(0.1)
+        zebra = rows[box.devnodes["zebra_ds2208_hid"]]["writer_id"]
+        client.patch(f"/api/scanners/{zebra}", json={"name": "Back room table"})
+        client.put(
+            f"/api/scanners/{zebra}/station",
+            json={"session_id": station["session_id"], "rack_id": station["racks"]["G-01"]},
+        )
+        products = client.get("/api/products", params={"limit": 4}).json()["items"]
+        for product in products[:3]:
+            box.type("zebra_ds2208_hid", product["sku"] + "\r")
+        box.type("zebra_ds2208_hid", "]d20104006381333931" + "10LOT7\x1d17271231\r")
+        box.type("datalogic_gryphon_hid", products[3]["sku"] + "\r")
+        time.sleep(1.0)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+            try:
+                page = _page(browser, box.server, "supervisor", LANDSCAPE)
+                _open(page, box.server.url + "/#scanners")
+                page.wait_for_timeout(800)
+                page.screenshot(path=str(out / "scanners.png"), full_page=True)
+                made.append(out / "scanners.png")
+                _open(page, box.server.url + f"/#station/{zebra}")
+                page.wait_for_timeout(500)
+                box.type("zebra_ds2208_hid", products[0]["sku"] + "\r")
+                page.wait_for_timeout(1200)
+                page.screenshot(path=str(out / "station.png"))
+                made.append(out / "station.png")
+            finally:
+                browser.close()
+    finally:
+        box.close()
+    return made
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--handheld", action="store_true", help="the handheld page's screenshots instead")
+    parser.add_argument("--scanners", action="store_true", help="the Scanners page and a station's screen instead")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.scanners:
+        with tempfile.TemporaryDirectory() as tmp:
+            made = shoot_scanners(args.out, Path(tmp))
+        for path in made:
+            print(path)
+        return
     if args.handheld:
         with tempfile.TemporaryDirectory() as tmp:
             made = shoot_handheld(args.out, Path(tmp))

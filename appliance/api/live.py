@@ -45,9 +45,9 @@ def _readable(box: Box, user: User) -> Callable[[dict[str, Any]], bool] | None:
     def readable(message: dict[str, Any]) -> bool:
         if message["kind"] == "session" and message.get("type") == "session.assigned":
             owners.pop(message["session_id"], None)
-        if message["kind"] == "scanner":
-            return False  # the box's scanners and their codes are the supervisors' page
-        if message["kind"] not in ("scan", "held") or "session_id" not in message:
+        if message["kind"] == "scanner" and not (message.get("type") == "code" and message.get("session_id")):
+            return False  # the box's scanners are the supervisors' page; a station's codes, its session's
+        if message["kind"] not in ("scan", "held", "scanner") or "session_id" not in message:
             return True
         session_id = message["session_id"]
         if session_id not in owners:

@@ -113,7 +113,8 @@ def _tag(device: ScannerDevice) -> str:
     if device.serial:
         digits = max(re.findall(r"\d+", device.serial), key=len, default="")
         return f"…{digits[-6:]}" if len(digits) >= 4 else device.serial[-8:]
-    return "port " + device.identity.rpartition("usb-")[2].removeprefix("0:")
+    # ID_PATH ends "-usb-0:3:1.0": hub port 3 (its interface 1.0 says nothing to a person).
+    return "port " + device.identity.rpartition("usb-")[2].removeprefix("0:").split(":")[0]
 
 
 def enroll(

@@ -148,6 +148,8 @@ _ATTRIBUTES: dict[str, Check] = {
     "category": _sized(64),
     "subcategory": _sized(64),
     "status": _one_of(ITEM_STATUSES),
+    "batch": _sized(64),
+    "expiry_date": _date,
 }
 
 _COMMON: dict[str, Check] = {"session_id": _id, "by": _id}

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pyudev
 
-from hardware import udev
 from hardware.udev import DEFAULT_ALLOW, AllowList, ScannerEvent, ScannerKind, ScannerWatcher, recognise
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -352,7 +352,7 @@ async def scenario_crash() -> dict[str, Any]:
     """The monitor thread dies the way a real one does when the netlink buffer overflows (``ENOBUFS``
     from ``udev_monitor_receive_device``; the events in the buffer are gone), while one scanner is
     plugged in and another unplugged: the restarted monitor's enumeration must make up for both."""
-    real_poll = udev.pyudev.Monitor.poll
+    real_poll = pyudev.Monitor.poll
     armed = threading.Event()
 
     def failing_poll(self: Any, timeout: float | None = None) -> Any:
@@ -361,7 +361,7 @@ async def scenario_crash() -> dict[str, Any]:
             raise OSError(errno.ENOBUFS, os.strerror(errno.ENOBUFS))
         return real_poll(self, timeout)
 
-    udev.pyudev.Monitor.poll = failing_poll
+    pyudev.Monitor.poll = failing_poll
     with _bed() as bed:
         harness = Harness(bed)
         zebra, honeywell = _fixture_text("zebra_ds2208_hid"), _fixture_text("honeywell_vuquest3310g_hid")

@@ -16,6 +16,8 @@ const PAGES = [
   { name: "session", pattern: /^sessions\/([^/]+)$/, load: () => import("./views/sessions.js"), show: (ctx) => ctx.can("sessions.read"), nav: "sessions" },
   { name: "conflicts", label: "Conflicts", pattern: /^conflicts$/, load: () => import("./views/conflicts.js"), show: (ctx) => ctx.can("conflicts.read") },
   { name: "devices", label: "Devices", pattern: /^devices$/, load: () => import("./views/devices.js"), show: (ctx) => ctx.can("devices.read") },
+  { name: "scanners", label: "Scanners", pattern: /^scanners$/, load: () => import("./views/scanners.js"), show: (ctx) => ctx.can("scanners.read") },
+  { name: "station", pattern: /^station\/([^/]+)$/, load: () => import("./views/station.js"), show: (ctx) => ctx.can("stations.view"), nav: "scanners" },
   { name: "people", label: "People", pattern: /^people$/, load: () => import("./views/people.js"), show: (ctx) => ctx.can("users.read") },
 ];
 

@@ -8,7 +8,7 @@
 
 import { post } from "./api.js";
 
-const KINDS = ["rack", "scan", "session", "run", "conflict", "held", "device", "presence", "box", "resync"];
+const KINDS = ["rack", "scan", "session", "run", "conflict", "held", "device", "presence", "box", "scanner", "resync"];
 const MAX_BACKOFF_MS = 15000;
 
 export class LiveFeed {
