@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,11 +18,13 @@ from appliance.box import Box, open_box
 from appliance.counting import runs, sessions, stations
 from appliance.demo.seed import seed_demo
 from appliance.errors import StockVerifyError
+from appliance.replica import store as replicas
 from appliance.settings import Settings
-from appliance.store.eventlog import rebuild, verify_writer_chain
+from appliance.store.eventlog import rebuild, verify_writer_chain, version_vector
 from appliance.store.identity import public_bytes
 from hardware.udev import ScannerDevice, ScannerKind
 from replication.wire.hlc import wall_ms
+from tests.conftest import make_settings
 
 ZEBRA = ScannerDevice(
     ScannerKind.HID,
@@ -251,13 +254,34 @@ def test_a_code_too_long_to_count_is_kept_while_the_rest_count(store: Store) -> 
     assert store.counted() == {gtin: 2}
 
 
-def test_only_the_box_a_scanner_is_plugged_into_records_its_codes(store: Store) -> None:
-    scanner = store.enroll()
+def test_a_peer_box_holds_the_same_scanners_and_scans_and_cannot_write_for_them(store: Store, tmp_path: Path) -> None:
+    box = store.box
+    scanner, gtin = store.enroll(), store.products[0][0]
     store.assign(scanner)
-    store.write(
-        lambda conn: conn.execute("UPDATE scanners SET node_id = 'another-box' WHERE writer_id = ?", (scanner,))
-    )
-    _refused("SCANNER_ON_OTHER_BOX", lambda: store.read(scanner, store.products[0][0]))
+    store.read(scanner, gtin, f"]d201{gtin}17271231" + "10LOT7\x1d21SN-0002")
+    store.write(lambda conn: stations.unassign(conn, box.log, store.supervisor, scanner))
+    store.read(scanner, "READ-WHILE-UNASSIGNED")
+    peer = open_box(make_settings(tmp_path / "peer", store_id=box.node.store_id))
+    try:
+        while page := replicas.delta(box.db.read(), box.node.store_id, version_vector(peer.db.read()), 2000):
+            if not page["events"]:
+                break
+            peer.db.write(lambda conn, page=page: replicas.apply_page(conn, peer.log, box.node.store_id, page, None))
+        ours, theirs = box.db.read(), peer.db.read()
+        assert stations.list_scanners(theirs) == stations.list_scanners(ours)
+        assert stations.kept(theirs, open_only=False) == stations.kept(ours, open_only=False)
+        counts = "SELECT session_id, rack_id, code, writer_id, p, n FROM scan_counts ORDER BY 1, 2, 3, 4"
+        assert [tuple(r) for r in theirs.execute(counts)] == [tuple(r) for r in ours.execute(counts)]
+        assert verify_writer_chain(theirs, scanner).ok
+        # Only the box the scanner is plugged into holds its key: a peer cannot write its chain.
+        _refused(
+            "SCANNER_ON_OTHER_BOX",
+            lambda: peer.db.write(
+                lambda conn: stations.record_codes(conn, peer.log, peer.node, scanner, [stations.Read(gtin, wall_ms())])
+            ),
+        )
+    finally:
+        peer.close()
 
 
 def test_stations_and_kept_codes_fold_again_to_the_same_state(store: Store) -> None:
