@@ -54,6 +54,7 @@ MAX_TEST_MINUTES = 30
 RECENT = 20  # results each scanner keeps for the page
 COMMIT_WINDOW = 2000
 STOP_WRITE_S = 10.0  # how long a stopping box waits for codes read before the stop to be written
+SETTINGS_CHECK_S = 5.0  # how often a reading scanner's settings are compared with the store's
 
 
 @dataclass
@@ -86,6 +87,7 @@ class Plugged:
     reopen: asyncio.Event = field(default_factory=asyncio.Event)  # close the reader and open it again
     ended: asyncio.Event = field(default_factory=asyncio.Event)  # the current reader ended
     end_error: BaseException | None = None
+    settings: tuple[Any, ...] = ()  # what the reader was opened with
     gone: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -101,10 +103,19 @@ class Plugged:
             "dropped_chars": self.dropped_chars,
             "waiting": len(self.pending),
             "test_until": self.test_until_ms or None,
+            # The settings its reader was opened with: after a change, the new ones once it has reopened.
+            "opened_with": dict(zip(("layout", "variant", "suffix", "baud"), self.settings, strict=True))
+            if self.settings
+            else None,
             "ready_ms": round((self.ready_at - self.plugged_at) * 1000, 1) if self.ready_at is not None else None,
             "commit_ms": _percentiles(self.commit_s),
             "recent": self.recent,
         }
+
+
+def _settings(row: Any) -> tuple[Any, ...]:
+    """What a reader is opened with: a change to any of these opens it again."""
+    return (row["layout"], row["variant"], row["suffix"], row["baud"])
 
 
 def _percentiles(seconds: deque[float]) -> dict[str, float] | None:
@@ -236,7 +247,11 @@ class ScannerService:
             failures = 0
             ended = asyncio.create_task(plugged.ended.wait())
             reopen = asyncio.create_task(plugged.reopen.wait())
-            await asyncio.wait({ended, reopen}, return_when=asyncio.FIRST_COMPLETED)
+            while not (ended.done() or reopen.done()):
+                await asyncio.wait({ended, reopen}, timeout=SETTINGS_CHECK_S, return_when=asyncio.FIRST_COMPLETED)
+                if self._settings_of(plugged) != plugged.settings:
+                    # Changed on another box of the store, and replicated here: read with the new ones.
+                    break
             ended.cancel()
             reopen.cancel()
             plugged.reopen.clear()
@@ -257,6 +272,7 @@ class ScannerService:
         box = self.box
         row = box.db.read().execute("SELECT * FROM scanners WHERE writer_id = ?", (plugged.writer_id,)).fetchone()
         plugged.name = row["name"]
+        plugged.settings = _settings(row)
         plugged.ended = asyncio.Event()
         plugged.end_error = None
         try:
@@ -276,6 +292,10 @@ class ScannerService:
             plugged.ready_at = time.monotonic()
         self._publish(plugged, "status")
         return reader
+
+    def _settings_of(self, plugged: Plugged) -> tuple[Any, ...]:
+        row = self.box.db.read().execute("SELECT * FROM scanners WHERE writer_id = ?", (plugged.writer_id,)).fetchone()
+        return _settings(row)
 
     def _reader(self, plugged: Plugged, row: Any) -> ScannerReader:
         loop = self._loop
@@ -317,6 +337,13 @@ class ScannerService:
         )
 
     def _code(self, plugged: Plugged, code: str, read_at: int, at: float) -> None:
+        if not code.isascii() and plugged.device.kind is ScannerKind.HID:
+            # Barcodes are ASCII; "é" for "2" or "à" for "0" is a scanner typing in another layout.
+            plugged.error = (
+                f"a code with letters no barcode has ({code!r}): is the scanner set to the keyboard layout"
+                " the box reads it in? Check its layout in Settings, with Test mode"
+            )
+            self._publish(plugged, "status")
         if plugged.test_until_ms > read_at:
             self._tested(plugged, code, read_at)
             return

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from hardware.keyboard import KeyDecoder, keystrokes
 from replication.wire.codec import unpack
 from tests.hardware.scanner_box import ScannerBox, station_session
 
@@ -104,7 +105,10 @@ def test_every_code_from_every_model_and_layout_is_one_committed_scan_in_the_sta
         for model in HID:
             configure(client, writers[model], layout=layout)
         for model in HID:  # each reopened with its new layout
-            until(lambda m=model, lay=layout: reading(client, box, m)["layout"] == lay, f"{model} in {layout}")
+            until(
+                lambda m=model, lay=layout: reading(client, box, m)["live"]["opened_with"]["layout"] == lay,
+                f"{model} in {layout}",
+            )
         for model in HID:
             for code in [EAN13, UPCA, CODE128, datamatrix]:
                 box.type(model, code + "\r", layout=layout)
@@ -144,7 +148,7 @@ def test_an_unplug_mid_code_drops_only_that_code_and_the_replugged_scanner_goes_
         json={"session_id": station["session_id"], "rack_id": station["racks"]["G-02"]},
     )
     configure(client, writer_id, layout="us")
-    until(lambda: reading(client, box, "honeywell_vuquest3310g_hid")["layout"] == "us", "us layout")
+    until(lambda: reading(client, box, "honeywell_vuquest3310g_hid")["live"]["opened_with"]["layout"] == "us", "in us")
     before = len(scans(box, writer_id))
     box.type("honeywell_vuquest3310g_hid", f"{EAN13}\r{UPCA}\r0123")  # two codes, then 4 keys of a third
     until(lambda: len(scans(box, writer_id)) == before + 2, "the two complete codes")
@@ -248,3 +252,23 @@ def test_doctor_lists_each_scanner_plugged_in_and_what_it_counts_for(box: Scanne
     assert checks["scanner_rules"]["status"] == "warn"  # this machine has not been provisioned
     box.unplug("zebra_ds2208_hid")
     box.unplug("datalogic_gryphon_hid")
+
+
+def test_a_scanner_typing_in_another_layout_than_the_box_reads_is_pointed_out(
+    box: ScannerBox, station: dict[str, Any]
+) -> None:
+    client = station["supervisor"]
+    box.plug("zebra_ds2208_hid")
+    writer_id = reading(client, box, "zebra_ds2208_hid")["writer_id"]
+    configure(client, writer_id, layout="fr")
+    until(lambda: reading(client, box, "zebra_ds2208_hid")["live"]["opened_with"]["layout"] == "fr", "read as fr")
+    box.type("zebra_ds2208_hid", f"{EAN13}\r", layout="us")  # the scanner itself is set to US
+    row = until(
+        lambda: (r := scanners(client)[box.devnodes["zebra_ds2208_hid"]])["live"]["recent"] and r, "the code read"
+    )
+    assert "keyboard layout" in row["live"]["error"]
+    french = KeyDecoder("fr")
+    read_as = french.feed_all(keystrokes(f"{EAN13}\r", "us"))
+    assert row["live"]["recent"][0]["code"] == read_as[0] == '\'àà-"_&"""ç"&'  # the US keys, read as French
+    configure(client, writer_id, layout="us")
+    box.unplug("zebra_ds2208_hid")
