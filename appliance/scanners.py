@@ -80,7 +80,7 @@ class Plugged:
     pending: list[_Pending] = field(default_factory=list)
     plugged_at: float = field(default_factory=time.monotonic)
     plugged_at_ms: int = field(default_factory=wall_ms)
-    ready_at: float | None = None  # when its reader first opened: hotplug_ready ends here
+    ready_at: float | None = None  # when its reader first opened: ready_ms is from plugged_at (udev's news) to here
     # Seconds from the reader handing a code over to its COMMIT, for the last codes: a slow card shows here.
     commit_s: deque[float] = field(default_factory=lambda: deque(maxlen=COMMIT_WINDOW))
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -181,9 +181,10 @@ class ScannerService:
         """udev's news, one at a time and in order: a replug is never handled before its unplug."""
         while True:
             event = await self._udev.get()
+            heard_at = time.monotonic()
             try:
                 if event.action == "added":
-                    await self._added(event.device)
+                    await self._added(event.device, heard_at)
                 else:
                     plugged = self._by_devnode.get(event.device.devnode)
                     if plugged is not None:
@@ -191,12 +192,12 @@ class ScannerService:
             except Exception:
                 log.exception("scanners: handling %s of %s failed", event.action, event.device.devnode)
 
-    async def _added(self, device: ScannerDevice) -> None:
+    async def _added(self, device: ScannerDevice, heard_at: float) -> None:
         box = self.box
         row = await box.db.awrite(
             lambda conn: stations.enroll(conn, box.log, box.node, device, layout=box.settings.scanner_layout)
         )
-        plugged = Plugged(row["writer_id"], device, row["name"])
+        plugged = Plugged(row["writer_id"], device, row["name"], plugged_at=heard_at)
         self.plugged[plugged.writer_id] = plugged
         self._by_devnode[device.devnode] = plugged
         log.info(
