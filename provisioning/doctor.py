@@ -285,15 +285,12 @@ def _scanners(conn: sqlite3.Connection, node: sqlite3.Row, settings: Settings, r
         return [Check("scanners", "warn", f"udev cannot be asked ({exc}): scanners plugged in cannot be found")]
     rules = root / "etc/udev/rules.d" / SCANNER_RULES
     checks = []
-    if not rules.is_file():
-        checks.append(
-            Check(
-                "scanner_rules",
-                "warn",
-                f"{rules} is missing (run 'stockverify provision'): scanners of other makers are not found, the box"
-                " may lack the right to read them, and ModemManager may probe serial scanners",
-            )
-        )
+    missing_rules = (
+        f"{rules} is missing (run 'stockverify provision'): scanners of other makers are not found, the box"
+        " may lack the right to read them, and ModemManager may probe serial scanners"
+    )
+    if present and not rules.is_file():
+        checks.append(Check("scanner_rules", "warn", missing_rules))
     known = (
         {row["identity"]: row for row in conn.execute("SELECT * FROM scanners WHERE node_id = ?", (node["node_id"],))}
         if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'scanners'").fetchone()
@@ -339,5 +336,6 @@ def _scanners(conn: sqlite3.Connection, node: sqlite3.Row, settings: Settings, r
         else:
             checks.append(Check(name, "ok", text))
     if not present:
-        checks.append(Check("scanners", "ok", f"none plugged in ({len(known)} known to this box)"))
+        note = "" if rules.is_file() else f"; before plugging one in: {missing_rules}"
+        checks.append(Check("scanners", "ok", f"none plugged in ({len(known)} known to this box){note}"))
     return checks
