@@ -19,11 +19,14 @@ from appliance import __version__
 from appliance.api import (
     conflicts,
     devices,
+    exports,
     health,
+    hq_reports,
     layout,
     live,
     locks,
     products,
+    reports,
     runs,
     scanners,
     session,
@@ -61,6 +64,9 @@ API_ROUTES: list[HTTPRouteHandler] = [
     *log_api.ROUTES,
     *replication_api.ROUTES,
     *hq_api.ROUTES,
+    *reports.ROUTES,
+    *exports.ROUTES,
+    *hq_reports.ROUTES,
 ]
 
 _HTTP_CODES = {

@@ -15,7 +15,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 # Importing the domain modules registers their projectors with the event log.
-from appliance import counting  # noqa: F401
+from appliance import (
+    counting,  # noqa: F401
+    reports,  # noqa: F401
+)
 from appliance.auth import devices, people  # noqa: F401
 from appliance.catalog import layout, products  # noqa: F401
 from appliance.counting.authority import LockAuthority, designate_self

@@ -15,7 +15,8 @@ server does, and stop it before the database closes:
 4. lock forwarder — while this box does not grant locks, sends claims to the one that does;
 5. scanners — follows scanners plugged into the box and records what they read
    (``appliance.scanners``);
-6. systemd — ``READY=1`` once HTTP listens, watchdog pings from the event loop, ``STOPPING=1`` first
+6. export jobs — writes report files in the background (``appliance.reports.jobs``);
+7. systemd — ``READY=1`` once HTTP listens, watchdog pings from the event loop, ``STOPPING=1`` first
    on the way out (``appliance.systemd``).
 """
 
@@ -41,6 +42,7 @@ from appliance.counting import locks
 from appliance.hq.hub import Hub
 from appliance.replica.lock_forwarding import LockForwarder
 from appliance.replica.store import BoxReplica
+from appliance.reports.jobs import ExportJobs
 from appliance.scanners import ScannerService
 from appliance.systemd import notifying
 from hardware.udev import DEFAULT_ALLOW
@@ -81,6 +83,7 @@ class Services:
     lock_forwarder: LockForwarder | None = None  # used while this box is not the store's lock authority
     tls: Tls | None = None  # while the box serves HTTPS
     scanners: ScannerService | None = None  # while the box reads scanners plugged into it
+    exports: ExportJobs | None = None  # while the export worker runs
 
     @classmethod
     def for_box(cls, box: Box, *, tls: Tls | None = None) -> Services:
@@ -111,6 +114,7 @@ class Services:
             lambda _app: self.replication(),
             lambda _app: self.lock_forwarding(),
             lambda _app: self.scanner_service(),
+            lambda _app: self.export_jobs(),
             lambda _app: self.systemd(),
         ]
 
@@ -243,7 +247,18 @@ class Services:
             self.scanners = None
             await service.stop()
 
-    # -- 6. systemd ----------------------------------------------------------------------------------
+    # -- 6. export jobs -------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def export_jobs(self) -> AsyncIterator[None]:
+        jobs = ExportJobs(self.box.db, self.box.settings.data_dir)
+        async with jobs.running():
+            self.exports = jobs
+            try:
+                yield
+            finally:
+                self.exports = None
+
+    # -- 7. systemd ----------------------------------------------------------------------------------
     @asynccontextmanager
     async def systemd(self) -> AsyncIterator[None]:
         """Entered last, so the box is whole before systemd hears it is ready, and left first, so

@@ -20,9 +20,10 @@ from appliance.auth.people import LoginThrottle, Passwords, StreamTickets, User,
 from appliance.auth.permissions import PUBLIC_PREFIXES, allowed
 from appliance.auth.throttle import TokenBuckets
 from appliance.box import Box
-from appliance.errors import Forbidden, NotFound, Unauthenticated
+from appliance.errors import Forbidden, NotFound, Unauthenticated, Unavailable
 from appliance.hq.hub import Hub
 from appliance.replica.lock_forwarding import LockForwarder
+from appliance.reports.jobs import ExportJobs
 from appliance.scanners import ScannerService
 from appliance.services import Services, Tls
 
@@ -111,6 +112,11 @@ def dependencies(services: Services) -> dict[str, Provide]:
     def provide_scanners(user: User) -> ScannerService | None:
         return services.scanners
 
+    def provide_exports(user: User) -> ExportJobs:
+        if services.exports is None:
+            raise Unavailable("the box is starting or stopping: export again in a moment", code="EXPORTS_NOT_RUNNING")
+        return services.exports
+
     return {
         "box": Provide(provide_box, sync_to_thread=False),
         "user": Provide(provide_user, sync_to_thread=False),
@@ -123,6 +129,7 @@ def dependencies(services: Services) -> dict[str, Provide]:
         "forwarder": Provide(provide_forwarder, sync_to_thread=False),
         "device_forwarder": Provide(provide_device_forwarder, sync_to_thread=False),
         "scanners": Provide(provide_scanners, sync_to_thread=False),
+        "exports": Provide(provide_exports, sync_to_thread=False),
     }
 
 

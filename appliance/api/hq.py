@@ -41,7 +41,7 @@ class PlannedRun(NewRun, forbid_unknown_fields=True):
     racks: list[str] = []
 
 
-def _hq(hub: Hub | None, box: Box) -> Hub:
+def hub_for(hub: Hub | None, box: Box) -> Hub:
     if hub is None:
         raise NotFound(
             "this is a store box, not HQ; send HQ requests to HQ's address",
@@ -53,7 +53,7 @@ def _hq(hub: Hub | None, box: Box) -> Hub:
 
 @get("/api/hq/stores", opt={"permission": "hq.stores.read"}, sync_to_thread=True)
 def list_stores(box: Box, hub: Hub | None) -> dict[str, Any]:
-    hub = _hq(hub, box)
+    hub = hub_for(hub, box)
     return {"hq_node_id": hub.box.node.node_id, "stores": [hub.figures(store_id) for store_id in hub.store_ids()]}
 
 
@@ -80,7 +80,7 @@ def import_products(
     file is checked, exactly as the store's first contact would make it). A dry run never makes one:
     against a store HQ does not hold yet the file alone is checked, and every row would be new.
     """
-    hub = _hq(hub, box)
+    hub = hub_for(hub, box)
     plan = product_import.parse_file(body, filename)
     if dry_run:
         if not create or hub.holds(store_id):
@@ -97,7 +97,7 @@ def import_products(
 
 @get("/api/hq/stores/{store_id:str}/runs", opt={"permission": "hq.stores.read"}, sync_to_thread=True)
 def list_runs(box: Box, hub: Hub | None, store_id: str) -> list[dict[str, Any]]:
-    return runs.list_runs(_hq(hub, box).held(store_id).db.read())
+    return runs.list_runs(hub_for(hub, box).held(store_id).db.read())
 
 
 @post(
@@ -111,7 +111,7 @@ def plan_run(
     box: Box, hub: Hub | None, store_id: str, data: JSONBody[PlannedRun], user: User, create: bool = False
 ) -> dict[str, Any]:
     """A PLANNED run with its scope; the store's supervisor makes sessions and starts it there."""
-    replica = _hq(hub, box).held(store_id, create=create)
+    replica = hub_for(hub, box).held(store_id, create=create)
 
     def job(conn: sqlite3.Connection) -> str:
         run_id = runs.create_run(

@@ -48,6 +48,12 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "scanners.read": _OVERSIGHT,
     "scanners.manage": _MANAGERS,
     "stations.view": _ALL,
+    # Reports: queries, snapshots, comparisons, insights, the audit report and their exports. An auditor
+    # reads and exports them and changes nothing; saving a snapshot or a query, and importing, are the
+    # managers'.
+    "reports.read": _OVERSIGHT,
+    "reports.write": _MANAGERS,
+    "reports.import": _MANAGERS,
     # Replication with the store's other boxes and HQ: lag, pending events, errors.
     "replication.read": _OVERSIGHT,
     # Which box grants the store's locks: moving it voids every lease of the epoch before (DESIGN §6).

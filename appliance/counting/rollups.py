@@ -21,6 +21,57 @@ _SESSION_PRODUCT_QTY = """
     WHERE se.run_id = ? AND se.status IN ({statuses})
     GROUP BY c.session_id, s.product_id, CASE WHEN s.product_id IS NULL THEN c.code END
 """
+# What approved sessions counted, one row per (session, rack, product or unmatched code, writer), and
+# damage per (session, product, writer) with no rack: the rule of ``approved_counts`` in SQL (a recount
+# counts only its own products, and where the latest approved recount covers a product only it counts),
+# for the rollup's racks and for every report (``appliance.reports.facts``).
+APPROVED_FACTS = """
+WITH approved AS (
+    SELECT session_id, kind, created_hlc, verifier_id FROM sessions WHERE run_id = :run_id AND status = 'APPROVED'
+),
+recount_scope AS (
+    SELECT sp.product_id, a.session_id, a.created_hlc
+    FROM session_products sp JOIN approved a ON a.session_id = sp.session_id
+    WHERE a.kind = 'recount'
+),
+latest_recount AS (
+    SELECT product_id, session_id FROM recount_scope r
+    WHERE created_hlc = (SELECT max(created_hlc) FROM recount_scope r2 WHERE r2.product_id = r.product_id)
+),
+scans AS (
+    SELECT c.session_id, c.rack_id, c.writer_id, s.product_id,
+           CASE WHEN s.product_id IS NULL THEN c.code END AS code,
+           CAST(total(c.p - c.n) AS INTEGER) AS qty, 0 AS damage
+    FROM counted_scans c
+    JOIN approved a ON a.session_id = c.session_id
+    JOIN scan_codes s ON s.code = c.code
+    GROUP BY c.session_id, c.rack_id, c.writer_id, s.product_id, CASE WHEN s.product_id IS NULL THEN c.code END
+),
+damaged AS (
+    SELECT d.session_id, '' AS rack_id, d.writer_id, d.product_id, NULL AS code,
+           0 AS qty, CAST(total(d.p - d.n) AS INTEGER) AS damage
+    FROM counted_damage d JOIN approved a ON a.session_id = d.session_id
+    GROUP BY d.session_id, d.writer_id, d.product_id
+),
+facts AS (SELECT * FROM scans UNION ALL SELECT * FROM damaged)
+SELECT f.session_id, a.verifier_id, u.display_name AS verifier, f.writer_id, w.name AS device,
+       fl.code AS floor, nullif(f.rack_id, '') AS rack_id, r.code AS rack, f.product_id, p.sku, p.name,
+       p.category, p.subcategory, cond.value AS condition, f.code, f.qty, f.damage
+FROM facts f
+JOIN approved a ON a.session_id = f.session_id
+LEFT JOIN users u ON u.user_id = a.verifier_id
+LEFT JOIN writers w ON w.writer_id = f.writer_id
+LEFT JOIN racks r ON r.rack_id = f.rack_id
+LEFT JOIN floors fl ON fl.floor_id = r.floor_id
+LEFT JOIN products p ON p.product_id = f.product_id
+LEFT JOIN item_attrs cond ON cond.session_id = f.session_id AND cond.product_id = f.product_id
+                         AND cond.name = 'condition'
+WHERE (f.qty != 0 OR f.damage != 0)
+  -- A recount counts only its own products; a product it covers counts only there.
+  AND (a.kind != 'recount'
+       OR f.product_id IN (SELECT product_id FROM recount_scope rs WHERE rs.session_id = f.session_id))
+  AND NOT EXISTS (SELECT 1 FROM latest_recount lr WHERE lr.product_id = f.product_id AND lr.session_id != f.session_id)
+"""
 LIVE = ("CREATED", "ASSIGNED", "IN_PROGRESS", "SUBMITTED", "APPROVED")
 
 
@@ -166,9 +217,9 @@ def run_rollup(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
     }
     rack_units: dict[str, int] = defaultdict(int)
     for row in conn.execute(
-        f"SELECT c.rack_id, CAST(total(c.p - c.n) AS INTEGER) FROM counted_scans c JOIN scan_codes s ON s.code = c.code"
-        f" WHERE c.session_id IN ({marks}) AND s.product_id IS NOT NULL AND c.rack_id != '' GROUP BY c.rack_id",
-        approved,
+        f"SELECT rack_id, CAST(total(qty) AS INTEGER) FROM ({APPROVED_FACTS})"
+        " WHERE product_id IS NOT NULL AND rack_id IS NOT NULL GROUP BY rack_id",
+        {"run_id": run_id},
     ):
         rack_units[row[0]] += row[1]
         done_racks.add(row[0])

@@ -766,6 +766,100 @@ def m011_scanners(conn: sqlite3.Connection) -> None:
     )
 
 
+def m012_reports(conn: sqlite3.Connection) -> None:
+    run_script(
+        conn,
+        """
+        -- Saved snapshots of a run (appliance/reports/snapshots.py): immutable, from events, so they reach
+        -- the store's other boxes and HQ. The rows are the run's facts at the moment it was taken.
+        CREATE TABLE report_snapshots (
+            snapshot_id  TEXT PRIMARY KEY,
+            run_id       TEXT NOT NULL,
+            name         TEXT NOT NULL,
+            note         TEXT NOT NULL DEFAULT '',
+            by_user      TEXT NOT NULL,
+            taken_at     INTEGER NOT NULL,
+            run_status   TEXT NOT NULL,
+            sessions     TEXT NOT NULL,     -- JSON: the approved sessions included, with their closing vectors
+            summary      TEXT NOT NULL,     -- JSON
+            row_count    INTEGER NOT NULL,
+            rows_hash    TEXT NOT NULL,     -- BLAKE2b of the rows as taken, to check a copy is whole
+            rows_held    INTEGER NOT NULL DEFAULT 0
+        ) STRICT;
+        CREATE INDEX report_snapshots_by_run ON report_snapshots (run_id, taken_at);
+        CREATE TABLE snapshot_rows (
+            snapshot_id  TEXT NOT NULL,
+            n            INTEGER NOT NULL,  -- the row's place in the snapshot
+            session_id   TEXT NOT NULL,
+            verifier_id  TEXT,
+            verifier     TEXT,
+            writer_id    TEXT NOT NULL,
+            device       TEXT,
+            floor        TEXT,
+            rack_id      TEXT,
+            rack         TEXT,
+            product_id   TEXT,
+            sku          TEXT,
+            name         TEXT,
+            category     TEXT,
+            subcategory  TEXT,
+            condition    TEXT,
+            code         TEXT,              -- an unmatched code (no product)
+            qty          INTEGER NOT NULL,
+            damage       INTEGER NOT NULL,
+            PRIMARY KEY (snapshot_id, n)
+        ) STRICT, WITHOUT ROWID;
+        CREATE TABLE snapshot_expected (
+            snapshot_id  TEXT NOT NULL,
+            product_id   TEXT NOT NULL,
+            sku          TEXT NOT NULL,
+            expected     INTEGER NOT NULL,
+            PRIMARY KEY (snapshot_id, product_id)
+        ) STRICT, WITHOUT ROWID;
+
+        -- Queries a supervisor saved by name (last writer wins by (hlc, writer)).
+        CREATE TABLE saved_queries (
+            query_id   TEXT PRIMARY KEY,
+            name       TEXT NOT NULL,
+            spec       TEXT NOT NULL,       -- JSON
+            by_user    TEXT NOT NULL,
+            saved_at   INTEGER NOT NULL,
+            deleted    INTEGER NOT NULL DEFAULT 0,
+            hlc        INTEGER NOT NULL,
+            writer_id  TEXT NOT NULL
+        ) STRICT;
+
+        -- The column mapping a person set for an import source, remembered for next time (last writer wins).
+        CREATE TABLE import_mappings (
+            source     TEXT NOT NULL,       -- the name a person gives the file's origin ("ERP weekly")
+            target     TEXT NOT NULL,       -- what it imports: products, scope
+            mapping    TEXT NOT NULL,       -- JSON: {file column: our column}
+            by_user    TEXT NOT NULL,
+            saved_at   INTEGER NOT NULL,
+            hlc        INTEGER NOT NULL,
+            writer_id  TEXT NOT NULL,
+            PRIMARY KEY (source, target)
+        ) STRICT;
+
+        -- Export jobs of this box (not replicated: a file on this box's disk, and its progress).
+        CREATE TABLE export_jobs (
+            job_id       TEXT PRIMARY KEY,
+            what         TEXT NOT NULL,     -- JSON: the report, query or comparison exported
+            format       TEXT NOT NULL CHECK (format IN ('csv', 'xlsx', 'pdf')),
+            status       TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed')),
+            rows_done    INTEGER NOT NULL DEFAULT 0,
+            rows_total   INTEGER,
+            file         TEXT,
+            bytes        INTEGER,
+            error        TEXT,
+            by_user      TEXT NOT NULL,
+            created_at   INTEGER NOT NULL,
+            finished_at  INTEGER
+        ) STRICT;
+        """,
+    )
+
+
 MIGRATIONS: list[tuple[int, Migration]] = [
     (1, m001_foundation),
     (2, m002_login_tokens),
@@ -778,6 +872,7 @@ MIGRATIONS: list[tuple[int, Migration]] = [
     (9, m009_held_events),
     (10, m010_lock_designations),
     (11, m011_scanners),
+    (12, m012_reports),
 ]
 
 LATEST = MIGRATIONS[-1][0]
