@@ -22,6 +22,7 @@ from appliance.api import (
     exports,
     health,
     hq_reports,
+    insights,
     layout,
     live,
     locks,
@@ -67,6 +68,7 @@ API_ROUTES: list[HTTPRouteHandler] = [
     *reports.ROUTES,
     *exports.ROUTES,
     *hq_reports.ROUTES,
+    *insights.ROUTES,
 ]
 
 _HTTP_CODES = {

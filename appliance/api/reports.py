@@ -20,7 +20,7 @@ from appliance.auth.people import User
 from appliance.box import Box
 from appliance.counting.runs import get_run
 from appliance.errors import ValidationFailed
-from appliance.reports import audit, query, snapshots
+from appliance.reports import audit, insights, query, snapshots
 from appliance.reports import compare as comparing
 from appliance.reports import exports as files
 from appliance.reports.jobs import ExportJobs
@@ -31,6 +31,7 @@ Value = Annotated[str, msgspec.Meta(max_length=200)]
 Values = Annotated[list[Value], msgspec.Meta(min_length=1, max_length=query.MAX_VALUES)]
 Group = Annotated[str, one_of(query.GROUPS)]
 FORMATS = ("csv", "xlsx", "pdf")
+EXPORTABLE = ("query", "snapshot_id", "compare", "audit", "insight")
 
 
 class QuerySpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -91,12 +92,18 @@ class AuditSpec(msgspec.Struct, forbid_unknown_fields=True):
     run_id: Id | None = None
 
 
+class InsightSpec(msgspec.Struct, forbid_unknown_fields=True):
+    kind: Annotated[str, one_of(insights.KINDS)]
+    run_id: Id
+
+
 class ExportRequest(msgspec.Struct, forbid_unknown_fields=True):
     format: Annotated[str, one_of(FORMATS)]
     query: QuerySpec | None = None
     snapshot_id: Id | None = None
     compare: CompareSpec | None = None
     audit: AuditSpec | None = None
+    insight: InsightSpec | None = None
 
 
 # -- query ------------------------------------------------------------------------------------------
@@ -233,6 +240,16 @@ def export(data: JSONBody[ExportRequest], box: Box, user: User, exports: ExportJ
 
         def make(c: Any) -> Table:
             return snapshots.as_table(c, snapshot_id)
+
+    elif data.insight is not None:
+        kind, insight_run = data.insight.kind, data.insight.run_id
+        if kind not in insights.KINDS:
+            raise ValidationFailed(f"kind is one of {', '.join(insights.KINDS)}", details={"field": "kind"})
+        get_run(conn, insight_run)
+        what = {"insight": {"kind": kind, "run_id": insight_run}}
+
+        def make(c: Any) -> Table:
+            return insights.as_table(c, kind, insight_run)
 
     elif data.audit is not None:
         run_id = data.audit.run_id
