@@ -22,6 +22,7 @@ from appliance.api import (
     exports,
     health,
     hq_reports,
+    imports,
     insights,
     layout,
     live,
@@ -69,6 +70,7 @@ API_ROUTES: list[HTTPRouteHandler] = [
     *exports.ROUTES,
     *hq_reports.ROUTES,
     *insights.ROUTES,
+    *imports.ROUTES,
 ]
 
 _HTTP_CODES = {

@@ -107,6 +107,7 @@ _MSGPACK = "application/msgpack"
 _PAGE = "application/vnd.stockverify.page+msgpack"  # replication.wire.protocol.MEDIA_TYPE: deflated msgpack
 _BINARY = {"type": "string", "format": "binary"}
 _TEXT = {"type": "string"}
+_XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 _LOCK_OPERATION = {  # replica.lock_forwarding.LockOp, as msgspec decodes it
     "type": "object",
     "required": ["op"],
@@ -181,6 +182,8 @@ _WIRE_BODIES: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {
 # Answers a route encodes itself, in the format the request's Accept header asks for.
 _WIRE_ANSWERS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/sync/pull"): {"application/json": {"type": "object"}, _MSGPACK: {"type": "object"}},
+    # A rack's blind count sheet, in the format ?format= asks for (reports.count_sheets).
+    ("GET", "/api/sessions/{session_id}/racks/{rack}/count-sheet"): {"text/csv": _TEXT, _XLSX: _BINARY},
 }
 
 # Query and path values the route itself checks, by operation and parameter name.
@@ -253,6 +256,19 @@ def _references(schema: Any) -> Iterator[str]:
     elif isinstance(schema, Schema):
         for part in (*(schema.one_of or ()), *(schema.any_of or ())):
             yield from _references(part)
+
+
+def _nested(schema: Any) -> Iterator[str]:
+    """The components a component's properties refer to, at any depth of arrays and unions: a body's
+    nested Structs (a comparison's sides, a query's filters) are closed as the body is."""
+    if isinstance(schema, Reference):
+        yield schema.ref.rsplit("/", 1)[-1]
+    elif isinstance(schema, Schema):
+        parts = [*(schema.one_of or ()), *(schema.any_of or ()), *(schema.properties or {}).values()]
+        if schema.items is not None:
+            parts.append(schema.items)
+        for part in parts:
+            yield from _nested(part)
 
 
 # JSON Schema's spelling of the keywords whose Schema field is named otherwise.
@@ -400,6 +416,13 @@ def document(app: Litestar) -> OpenAPI:
         if any(struct.__struct_config__.forbid_unknown_fields for struct in _structs(body.annotation)):
             for media in (operation.request_body.content or {}).values():
                 closed.update(_references(media.schema))
+    pending = list(closed)
+    while pending:  # every Struct a closed body holds is one of ours, with forbid_unknown_fields too
+        schema = schemas.get(pending.pop())
+        for name in _nested(schema) if isinstance(schema, Schema) else ():
+            if name not in closed and isinstance(schemas.get(name), Schema) and schemas[name].properties:
+                closed.add(name)
+                pending.append(name)
     for name in closed:
         schema = schemas.get(name)
         if isinstance(schema, Schema):

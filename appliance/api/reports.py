@@ -28,16 +28,31 @@ from appliance.reports.table import Table
 
 Id = Annotated[str, msgspec.Meta(max_length=64)]
 Value = Annotated[str, msgspec.Meta(max_length=200)]
-Values = Annotated[list[Value], msgspec.Meta(min_length=1, max_length=query.MAX_VALUES)]
 Group = Annotated[str, one_of(query.GROUPS)]
 FORMATS = ("csv", "xlsx", "pdf")
 EXPORTABLE = ("query", "snapshot_id", "compare", "audit", "insight")
 
 
+FilterValues = Annotated[list[Value], msgspec.Meta(max_length=query.MAX_VALUES)]
+
+
+class Filters(msgspec.Struct, forbid_unknown_fields=True):
+    """Each a list of the values to keep (any of them); an empty list filters nothing."""
+
+    floor: FilterValues = []
+    rack: FilterValues = []
+    category: FilterValues = []
+    subcategory: FilterValues = []
+    condition: FilterValues = []
+    verifier: FilterValues = []
+    device: FilterValues = []
+    sku: FilterValues = []
+
+
 class QuerySpec(msgspec.Struct, forbid_unknown_fields=True):
     run_id: Id | None = None
     snapshot_id: Id | None = None
-    filters: dict[Annotated[str, one_of(query.LIST_FILTERS)], Values] = {}
+    filters: Filters = msgspec.field(default_factory=Filters)
     with_variance: bool = False
     damaged: bool = False
     unmatched: bool = False
@@ -48,7 +63,9 @@ class QuerySpec(msgspec.Struct, forbid_unknown_fields=True):
     offset: Annotated[int, msgspec.Meta(ge=0, le=2**31)] = 0
 
     def spec(self) -> query.Spec:
-        return query.Spec.from_dict(msgspec.structs.asdict(self))
+        data = msgspec.structs.asdict(self)
+        data["filters"] = {name: values for name, values in msgspec.structs.asdict(self.filters).items() if values}
+        return query.Spec.from_dict(data)
 
 
 class SavedQuery(msgspec.Struct, forbid_unknown_fields=True):

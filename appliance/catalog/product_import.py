@@ -1,10 +1,16 @@
 """Importing a product master from a CSV or XLSX file: read, check whole, then commit or write nothing.
 
 An import is checked whole before anything is written (a half-imported master would make a count
-wrong without anyone noticing), and is then one ``products.imported`` event: one row per product with
-its barcodes already normalised to GTIN-14, so every replica folds the same rows without re-parsing
-(the fold is in ``appliance.catalog.products``). Every error names its line, column and value, and
+wrong without anyone noticing), and is then one ``products.imported`` event: one row per product it
+adds or changes, with its barcodes already normalised to GTIN-14, so every replica folds the same rows
+without re-parsing (the fold is in ``appliance.catalog.products``). Every error names its line, column and value, and
 says how to fix it; a file with any error imports nothing.
+
+Importing the same file again changes nothing: the event carries only the rows that add or change a
+product, and a file that does neither records no event at all, so a weekly re-import does not grow the
+log or move the catalog's version. A file's headers are recognised by the alias table below, or read
+through a mapping a person set (``appliance.reports.imports``); with a mapping, a column the file does
+not have leaves the master's value as it is, rather than resetting it.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import io
 import re
 import sqlite3
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
@@ -29,6 +35,9 @@ from hardware.barcodes import BarcodeError, check
 
 COLUMNS = ("sku", "barcodes", "name", "category", "subcategory", "uom", "mrp", "expected_qty")
 REQUIRED = ("sku", "name")
+# Through a mapping only the SKU is needed: a file may update some columns of products the master has
+# ("SKU, Qty on hand"); a new product still needs its name (checked against the master, ``_new_unnamed``).
+MAPPED_REQUIRED = ("sku",)
 # Header spellings people use, after lower-casing and dropping spaces, underscores and hyphens.
 _HEADER_NAMES = {name.replace("_", ""): name for name in COLUMNS} | {"barcode": "barcodes"}
 MAX_SKU = 64
@@ -80,11 +89,17 @@ class ProductRow:
 
 @dataclass
 class ImportPlan:
-    """A parsed file: every row that could be read and every problem found, nothing written yet."""
+    """A parsed file: every row that could be read and every problem found, nothing written yet.
+
+    ``columns`` are ours the file has; ``mapped`` says they came from a person's mapping, so that the
+    columns it leaves out keep the master's values (see ``fill_from_master``).
+    """
 
     rows: list[ProductRow]
     errors: list[dict[str, Any]]
     filename: str = ""
+    columns: tuple[str, ...] = COLUMNS
+    mapped: bool = False
 
     def preview(self) -> dict[str, Any]:
         return {
@@ -99,38 +114,69 @@ def _error(line: int | None, column: str | None, value: str, message: str) -> di
     return {"line": line, "column": column, "value": value, "message": message}
 
 
-class _BadValue(ValueError):
+class BadValue(ValueError):
     """One cell's value is unacceptable; the message goes to the person who made the file."""
 
 
-# -- reading the file ---------------------------------------------------------------------------------
-def parse_file(data: bytes, filename: str = "") -> ImportPlan:
-    """Read a CSV or XLSX product master and check every row; file problems become errors, not raises.
+def error(line: int | None, column: str | None, value: str, message: str) -> dict[str, Any]:
+    """A problem as every import reports it, before ``appliance.reports.imports`` says how to fix it."""
+    return _error(line, column, value, message)
 
-    Errors are collected rather than raised so that one upload shows the whole list to fix.
-    """
+
+def recognise(cell: str) -> str | None:
+    """Our column a header stands for by its name alone ("Expected_Qty", "Barcode"), if any."""
+    return _HEADER_NAMES.get(header_key(cell))
+
+
+# -- reading the file ---------------------------------------------------------------------------------
+def read_records(data: bytes, filename: str = "") -> tuple[list[Record], dict[str, Any] | None]:
+    """The file's non-blank rows, numbered as the file shows them, or the error that says why it cannot
+    be read. Shared by every import (products, a run's scope, count sheets): one reader, one set of
+    answers to an old .xls, a non-UTF-8 CSV or a broken workbook."""
     try:
         records = [(line, cells) for line, cells in _records(data, filename) if any(cells)]
-    except _BadValue as exc:
-        return ImportPlan([], [_error(None, None, "", str(exc))], filename)
+    except BadValue as exc:
+        return [], _error(None, None, "", str(exc))
     if not records:
-        return ImportPlan([], [_error(None, None, "", "the file is empty; expected a header row")], filename)
+        return [], _error(None, None, "", "the file is empty; expected a header row")
+    return records, None
+
+
+def header_key(cell: str) -> str:
+    """A header as compared: lower case, without spaces, underscores and hyphens ("Expected_Qty")."""
+    return re.sub(r"[\s_-]+", "", cell.lower())
+
+
+def parse_file(data: bytes, filename: str = "", mapping: Mapping[str, str] | None = None) -> ImportPlan:
+    """Read a CSV or XLSX product master and check every row; file problems become errors, not raises.
+
+    Errors are collected rather than raised so that one upload shows the whole list to fix. Without a
+    ``mapping`` the headers must be our column names (or their aliases); with one ({file column: our
+    column}), the file's other columns are ignored.
+    """
+    records, unreadable = read_records(data, filename)
+    if unreadable is not None:
+        return ImportPlan([], [unreadable], filename)
     (header_line, header), body = records[0], records[1:]
-    columns, headed, errors = _read_header(header_line, header)
-    if any(name not in columns.values() for name in REQUIRED):
-        return ImportPlan([], errors, filename)
+    if mapping is None:
+        columns, headed, errors = _read_header(header_line, header)
+    else:
+        columns, headed, errors = map_header(header_line, header, mapping, COLUMNS, MAPPED_REQUIRED)
+    present = tuple(name for name in COLUMNS if name in columns.values())
+    if any(name not in columns.values() for name in (REQUIRED if mapping is None else MAPPED_REQUIRED)):
+        return ImportPlan([], errors, filename, present, mapping is not None)
     rows = [_read_row(line, cells, columns, headed, errors) for line, cells in body]
     if not rows:
         errors.append(_error(None, None, "", "the file has a header but no product rows"))
     _check_duplicates(rows, errors)
     errors.sort(key=lambda error: error["line"] or 0)  # stable: a row's problems stay in column order
-    return ImportPlan(rows, errors, filename)
+    return ImportPlan(rows, errors, filename, present, mapping is not None)
 
 
 def _records(data: bytes, filename: str) -> list[Record]:
     suffix = PurePath(filename).suffix.lower()
     if data.startswith(_OLE_MAGIC) or suffix == ".xls":
-        raise _BadValue("old binary .xls workbooks are not read; save the sheet as .xlsx or CSV")
+        raise BadValue("old binary .xls workbooks are not read; save the sheet as .xlsx or CSV")
     if data.startswith(_ZIP_MAGIC) or suffix in (".xlsx", ".xlsm"):
         return _xlsx_records(data)
     return _csv_records(data)
@@ -140,7 +186,7 @@ def _csv_records(data: bytes) -> list[Record]:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise _BadValue(f"the file is not UTF-8 text (byte {exc.start}); save it as CSV UTF-8") from None
+        raise BadValue(f"the file is not UTF-8 text (byte {exc.start}); save it as CSV UTF-8") from None
     reader = csv.reader(io.StringIO(text, newline=""))
     records: list[Record] = []
     end = 0  # line_num counts physical lines read so far; a quoted cell may span several
@@ -149,7 +195,7 @@ def _csv_records(data: bytes) -> list[Record]:
             records.append((end + 1, [cell.strip() for cell in cells]))
             end = reader.line_num
     except csv.Error as exc:
-        raise _BadValue(f"line {reader.line_num}: the CSV cannot be read ({exc})") from None
+        raise BadValue(f"line {reader.line_num}: the CSV cannot be read ({exc})") from None
     return records
 
 
@@ -165,7 +211,7 @@ def _xlsx_records(data: bytes) -> list[Record]:
         finally:
             book.close()
     except (zipfile.BadZipFile, InvalidFileException, KeyError, ValueError, OSError, IndexError) as exc:
-        raise _BadValue(f"not a readable .xlsx workbook ({exc})") from None
+        raise BadValue(f"not a readable .xlsx workbook ({exc})") from None
     return records
 
 
@@ -191,7 +237,7 @@ def _read_header(line: int, header: list[str]) -> tuple[dict[int, str], set[int]
         if not cell:
             continue
         headed.add(position)
-        name = _HEADER_NAMES.get(re.sub(r"[\s_-]+", "", cell.lower()))
+        name = _HEADER_NAMES.get(header_key(cell))
         if name is None:
             message = f"unknown column {cell!r}; the columns are {', '.join(COLUMNS)}"
             errors.append(_error(line, cell, cell, message))
@@ -205,6 +251,40 @@ def _read_header(line: int, header: list[str]) -> tuple[dict[int, str], set[int]
     return columns, headed, errors
 
 
+def map_header(
+    line: int,
+    header: list[str],
+    mapping: Mapping[str, str],
+    ours: tuple[str, ...] = COLUMNS,
+    required: tuple[str, ...] = REQUIRED,
+) -> tuple[dict[int, str], set[int], list[dict[str, Any]]]:
+    """Positions to columns through a person's mapping; the file's columns it leaves out are ignored.
+
+    A mapping is matched to the file by exact header first, then as ``header_key`` compares, so
+    "Item Code" saved last week still finds "ITEM CODE". Every position with a header counts as
+    headed: an ignored column is not "a value with no header".
+    """
+    by_key = {header_key(cell): position for position, cell in enumerate(header) if cell}
+    by_cell = {cell: position for position, cell in enumerate(header) if cell}
+    columns: dict[int, str] = {}
+    errors: list[dict[str, Any]] = []
+    for file_column, name in mapping.items():
+        position = by_cell.get(file_column, by_key.get(header_key(file_column)))
+        if not name or position is None:
+            continue
+        if name not in ours:
+            message = f"{file_column!r} is mapped to {name!r}, which is not one of {', '.join(ours)}"
+            errors.append(_error(line, None, file_column, message))
+        elif name in columns.values():
+            errors.append(_error(line, name, file_column, f"two of the file's columns are mapped to {name}"))
+        else:
+            columns[position] = name
+    for name in required:
+        if name not in columns.values():
+            errors.append(_error(line, name, "", f"required column {name} is not mapped to a column of the file"))
+    return columns, {position for position, cell in enumerate(header) if cell}, errors
+
+
 def _read_row(
     line: int, cells: list[str], columns: dict[int, str], headed: set[int], errors: list[dict[str, Any]]
 ) -> ProductRow:
@@ -214,13 +294,15 @@ def _read_row(
             errors.append(_error(line, None, cell, f"a value in column {position + 1}, which has no header"))
 
     def read(column: str, parse: Callable[[str], T], default: T) -> T:
+        if column not in values:
+            return default  # a column the file does not have: the default, or the master's when mapped
         try:
             return parse(values.get(column, ""))
-        except _BadValue as exc:
+        except BadValue as exc:
             errors.append(_error(line, column, values.get(column, ""), str(exc)))
             return default
 
-    sku = read("sku", _sku, "")
+    sku = read("sku", read_sku, "")
     codes = _codes(line, values.get("barcodes", ""), errors)
     return ProductRow(
         line=line,
@@ -230,39 +312,39 @@ def _read_row(
         subcategory=read("subcategory", _label, ""),
         uom=read("uom", _uom, "EA"),
         mrp_minor=read("mrp", _mrp_minor, None),
-        expected_qty=read("expected_qty", _quantity, 0),
+        expected_qty=read("expected_qty", read_quantity, 0),
         codes=codes,
     )
 
 
-def _sku(text: str) -> str:
+def read_sku(text: str) -> str:
     if not text:
-        raise _BadValue("sku is blank")
+        raise BadValue("sku is blank")
     if len(text) > MAX_SKU:
-        raise _BadValue(f"sku is longer than {MAX_SKU} characters")
+        raise BadValue(f"sku is longer than {MAX_SKU} characters")
     return text
 
 
 def _name(text: str) -> str:
     name = " ".join(text.split())
     if not name:
-        raise _BadValue("name is blank")
+        raise BadValue("name is blank")
     if len(name) > MAX_NAME:
-        raise _BadValue(f"name is {len(name)} characters long; at most {MAX_NAME}")
+        raise BadValue(f"name is {len(name)} characters long; at most {MAX_NAME}")
     return name
 
 
 def _label(text: str) -> str:
     label = " ".join(text.split())
     if len(label) > MAX_LABEL:
-        raise _BadValue(f"longer than {MAX_LABEL} characters")
+        raise BadValue(f"longer than {MAX_LABEL} characters")
     return label
 
 
 def _uom(text: str) -> str:
     uom = text.upper() or "EA"
     if not _UOM.fullmatch(uom):
-        raise _BadValue("uom must be 1-16 letters or digits, such as EA, PK or KG")
+        raise BadValue("uom must be 1-16 letters or digits, such as EA, PK or KG")
     return uom
 
 
@@ -271,25 +353,25 @@ def _mrp_minor(text: str) -> int | None:
     if not text:
         return None
     if text.startswith("-"):
-        raise _BadValue("mrp cannot be negative")
+        raise BadValue("mrp cannot be negative")
     match = _MONEY.fullmatch(text)
     if match is None:
-        raise _BadValue("mrp must be an amount like 123.45: digits, a dot for decimals, no currency sign")
+        raise BadValue("mrp must be an amount like 123.45: digits, a dot for decimals, no currency sign")
     whole, fraction = match.group(1), match.group(2) or ""
     if len(fraction) > 2:
-        raise _BadValue("mrp has more than 2 decimals")
+        raise BadValue("mrp has more than 2 decimals")
     return int(whole) * 100 + int(fraction.ljust(2, "0"))
 
 
-def _quantity(text: str) -> int:
+def read_quantity(text: str) -> int:
     if not text:
         return 0
     if text.startswith("-"):
-        raise _BadValue("expected_qty cannot be negative")
+        raise BadValue("expected_qty cannot be negative")
     if not (text.isascii() and text.isdigit()):
-        raise _BadValue("expected_qty must be a whole number")
+        raise BadValue("expected_qty must be a whole number")
     if int(text) > MAX_QTY:
-        raise _BadValue(f"expected_qty is above {MAX_QTY:,}")
+        raise BadValue(f"expected_qty is above {MAX_QTY:,}")
     return int(text)
 
 
@@ -336,21 +418,29 @@ def _check_duplicates(rows: list[ProductRow], errors: list[dict[str, Any]]) -> N
 
 # -- checking against the store and committing ---------------------------------------------------------
 def preview(conn: sqlite3.Connection, plan: ImportPlan) -> dict[str, Any]:
-    """What ``commit`` would do: the file's problems plus clashes with barcodes already in the store."""
+    """What ``commit`` would do: the file's problems plus clashes with barcodes already in the store,
+    and how many products it would add, change or leave as they are."""
+    fill_from_master(conn, plan)
     errors = _all_errors(conn, plan)
     existing = _existing_ids(conn)
     updated = sum(1 for row in plan.rows if row.sku.casefold() in existing)
+    counts = changes(conn, plan)
     return {
         **plan.preview(),
         "valid": not errors,
         "errors": errors,
         "created": len(plan.rows) - updated,
         "updated": updated,
+        "added": counts.added,
+        "changed": counts.changed,
+        "unchanged": counts.unchanged,
     }
 
 
 def commit(conn: sqlite3.Connection, log: EventLog, plan: ImportPlan) -> dict[str, Any]:
-    """Record the whole file as one event, or raise ``IMPORT_INVALID`` and write nothing."""
+    """Record the file's additions and changes as one event, or raise ``IMPORT_INVALID`` and write
+    nothing. A file that adds and changes nothing records nothing (``import_id`` is then None)."""
+    fill_from_master(conn, plan)
     errors = _all_errors(conn, plan)
     if errors:
         raise ValidationFailed(
@@ -359,15 +449,147 @@ def commit(conn: sqlite3.Connection, log: EventLog, plan: ImportPlan) -> dict[st
             details={"errors": errors},
         )
     existing = _existing_ids(conn)
-    rows = [row.payload(existing.get(row.sku.casefold()) or new_id()) for row in plan.rows]
+    counts = changes(conn, plan)
     updated = sum(1 for row in plan.rows if row.sku.casefold() in existing)
+    result = {
+        "import_id": None,
+        "rows": len(plan.rows),
+        "created": len(plan.rows) - updated,
+        "updated": updated,
+        "added": counts.added,
+        "changed": counts.changed,
+        "unchanged": counts.unchanged,
+    }
+    if not counts.to_write:
+        return {**result, "message": "nothing to change: the master already holds every row of the file"}
+    rows = [row.payload(existing.get(row.sku.casefold()) or new_id()) for row in counts.to_write]
     import_id = new_id()
     log.record(conn, "products.imported", {"import_id": import_id, "rows": rows})
-    return {"import_id": import_id, "rows": len(rows), "created": len(rows) - updated, "updated": updated}
+    return {**result, "import_id": import_id}
+
+
+@dataclass
+class Changes:
+    """What a file would do to the master, row by row (``to_write``: the rows an event must carry)."""
+
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    to_write: list[ProductRow] = field(default_factory=list)
+
+
+def changes(conn: sqlite3.Connection, plan: ImportPlan) -> Changes:
+    """Compare each row with the product it would become, field by field and code by code, as the fold
+    would leave it: a SKU written in another case renames the product, so it is a change."""
+    current = _current_rows(conn)
+    counts = Changes()
+    for row in plan.rows:
+        before = current.get(row.sku.casefold())
+        if before is None:
+            counts.added += 1
+            counts.to_write.append(row)
+        elif before == _comparable(row):
+            counts.unchanged += 1
+        else:
+            counts.changed += 1
+            counts.to_write.append(row)
+    return counts
+
+
+def fill_from_master(conn: sqlite3.Connection, plan: ImportPlan) -> None:
+    """Give a mapped file's rows the master's values for the columns it does not have.
+
+    A file of "SKU, Qty on hand" must update expected quantities and leave names and barcodes alone;
+    without this, every missing column would read as blank and reset the product. New products keep
+    the defaults. Idempotent: preview and commit may both call it.
+    """
+    missing = set(COLUMNS) - set(plan.columns)
+    if not plan.mapped or not missing or not plan.rows:
+        return
+    master = _current_rows(conn)
+    ordered, ids = _master_codes(conn), _existing_ids(conn)
+    for row in plan.rows:
+        before = master.get(row.sku.casefold())
+        if before is None:
+            continue
+        _sku, name, category, subcategory, uom, mrp_minor, expected_qty, _codes = before
+        fields = {
+            "name": name,
+            "category": category,
+            "subcategory": subcategory,
+            "uom": uom,
+            "mrp_minor": mrp_minor,
+            "expected_qty": expected_qty,
+        }
+        for column in missing - {"barcodes", "mrp"}:
+            setattr(row, column, fields[column])
+        if "mrp" in missing:
+            row.mrp_minor = mrp_minor
+        if "barcodes" in missing:
+            row.codes = list(ordered.get(ids[row.sku.casefold()], []))
+
+
+Comparable = tuple[str, str, str, str, str, int | None, int, frozenset[Code]]
+
+
+def _comparable(row: ProductRow) -> Comparable:
+    return (
+        row.sku,
+        row.name,
+        row.category,
+        row.subcategory,
+        row.uom,
+        row.mrp_minor,
+        row.expected_qty,
+        frozenset(row.codes),
+    )
+
+
+def _current_rows(conn: sqlite3.Connection) -> dict[str, Comparable]:
+    """The master as rows comparable with a file's, by case-folded SKU (one read for the products, one
+    for the codes: a 5,000-row re-import compares in memory)."""
+    codes = _master_codes(conn)
+    current: dict[str, Comparable] = {}
+    for row in conn.execute(
+        "SELECT product_id, sku, name, category, subcategory, uom, mrp_minor, expected_qty FROM products"
+    ):
+        current[row["sku"].casefold()] = (
+            row["sku"],
+            row["name"],
+            row["category"],
+            row["subcategory"],
+            row["uom"],
+            row["mrp_minor"],
+            row["expected_qty"],
+            frozenset(codes.get(row["product_id"], ())),
+        )
+    return current
+
+
+def _master_codes(conn: sqlite3.Connection) -> dict[str, list[Code]]:
+    """Each product's codes in the order they were imported (the order ``products.get`` shows)."""
+    codes: dict[str, list[Code]] = {}
+    for row in conn.execute("SELECT code, product_id, kind, raw FROM product_codes ORDER BY rowid"):
+        codes.setdefault(row["product_id"], []).append((row["code"], row["kind"], row["raw"]))
+    return codes
 
 
 def _all_errors(conn: sqlite3.Connection, plan: ImportPlan) -> list[dict[str, Any]]:
-    return sorted([*plan.errors, *_database_errors(conn, plan)], key=lambda error: error["line"] or 0)
+    errors = [*plan.errors, *_database_errors(conn, plan), *_new_unnamed(conn, plan)]
+    return sorted(errors, key=lambda error: error["line"] or 0)
+
+
+def _new_unnamed(conn: sqlite3.Connection, plan: ImportPlan) -> list[dict[str, Any]]:
+    """A new product in a mapped file without a name column: the master has no name to keep for it."""
+    if "name" in plan.columns:
+        return []
+    existing = _existing_ids(conn)
+    message = "name is blank: SKU {} is new to the master, and the file has no column mapped to name"
+    return [
+        _error(row.line, "name", "", message.format(row.sku))
+        for row in plan.rows
+        if row.sku and row.sku.casefold() not in existing
+    ]
 
 
 def _database_errors(conn: sqlite3.Connection, plan: ImportPlan) -> list[dict[str, Any]]:

@@ -5,6 +5,6 @@ projections; only snapshots, saved queries and import mappings are written, as e
 Importing the package registers the projectors of what it writes with the event log.
 """
 
-from appliance.reports import query, snapshots
+from appliance.reports import imports, query, snapshots
 
-__all__ = ["query", "snapshots"]
+__all__ = ["imports", "query", "snapshots"]

@@ -95,6 +95,21 @@ ALSO_ACCEPTED: dict[tuple[str, str], tuple[list[str], str]] = {
     # A photo is named by its own SHA-256: a body the document allows hashes to another name.
     ("PUT", "/api/sync/photos/{sha256}"): (["400"], "PHOTO_HASH_MISMATCH, BAD_PHOTO: the photo its path names"),
     ("POST", "/api/replication/push"): (["400"], "BAD_PAGE: a deflated msgpack page"),
+    # A report names one source (a run or a snapshot; a comparison, one per side; an export, one thing to
+    # export), takes each grouping once and sorts by a column of its answer: rules between fields, which a
+    # schema of each field cannot say.
+    ("POST", "/api/reports/query"): (["422"], "VALIDATION: one source, each grouping once, a sort it answers"),
+    ("POST", "/api/reports/compare"): (["422"], "VALIDATION: one source a side"),
+    ("POST", "/api/reports/exports"): (["422"], "VALIDATION: one thing to export, and its own rules"),
+    ("POST", "/api/reports/queries"): (["422"], "VALIDATION: a name, and the query's own rules"),
+    ("POST", "/api/reports/snapshots"): (["422"], "VALIDATION: a name that is not blank"),
+    ("POST", "/api/hq/stores/{store_id}/reports/query"): (["422"], "VALIDATION: as POST /api/reports/query"),
+    ("POST", "/api/hq/stores/{store_id}/reports/compare"): (["422"], "VALIDATION: as POST /api/reports/compare"),
+    ("POST", "/api/hq/reports/query"): (["422"], "VALIDATION: as POST /api/reports/query"),
+    ("POST", "/api/imports/preview"): (["422"], "BAD_MAPPING, RUN_REQUIRED: the mapping's JSON and a scope's run"),
+    ("POST", "/api/imports/commit"): (["422"], "IMPORT_INVALID, BAD_MAPPING: the file's rows are checked"),
+    ("PUT", "/api/imports/mappings/{target}/{source}"): (["422"], "BAD_MAPPING, BAD_SOURCE: what a mapping feeds"),
+    ("POST", "/api/sessions/{session_id}/count-sheet"): (["422"], "IMPORT_INVALID: the sheet's rows are checked"),
 }
 # Generated cases per operation and mode; each case goes out as one role drawn from the four.
 EXAMPLES = {GenerationMode.POSITIVE: 25, GenerationMode.NEGATIVE: 15}
