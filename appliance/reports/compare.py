@@ -148,6 +148,8 @@ def _merged(conn: sqlite3.Connection, spec: Comparison) -> list[dict[str, Any]]:
                 "change": change,
             }
         )
+    # A stable order under the chosen sort: the same answer on every replica, and page after page.
+    out.sort(key=lambda r: tuple((r[k] is None, r[k] or "") for k in ("floor", "rack", "sku", "code")))
     return out
 
 
