@@ -4,6 +4,7 @@ or, with ``--handheld``, the verifier's scanning page's.
     .venv/bin/python -m web.screenshots [--out docs/screenshots]
     .venv/bin/python -m web.screenshots --handheld [--out docs/screenshots]
     .venv/bin/python -m web.screenshots --scanners [--out docs/screenshots]
+    .venv/bin/python -m web.screenshots --reports [--out docs/screenshots]
 
 A developer's tool (it needs the test extras and Debian's chromium): it starts a demo box on a loopback
 port, makes the count of ``tests/web/scenario.py`` through the API, and photographs each main view the
@@ -19,6 +20,11 @@ item's details (``handheld-item``) and the Wi-Fi gone with scans waiting (``hand
 Datalogic scanner plugged in, the Zebra a station of a verifier's session with a few codes read, the
 Datalogic unassigned with a code kept, and photographs the Scanners page (``scanners``) and the Zebra's
 station screen (``station``) on the 10" tablet.
+
+``--reports`` starts a demo box with the same count, takes a snapshot, approves the session waiting for
+it, takes a second, and photographs the Reports page's modes on the 10" tablet as a supervisor: a query
+grouped by category (``reports-query``), the two snapshots compared (``reports-compare``) and the run's
+audit (``reports-audit``).
 """
 
 from __future__ import annotations
@@ -229,13 +235,73 @@ def shoot_scanners(out: Path, tmp: Path) -> list[Path]:
     return made
 
 
+def shoot_reports(out: Path, tmp: Path) -> list[Path]:
+    """The Reports page's Query, Compare and Audit modes, against a demo box of its own."""
+    made: list[Path] = []
+    server = ServerProcess(tmp / "reports-box", "--demo", env={**LONG_LEASES, "STOCKVERIFY_LOG_LEVEL": "warning"})
+    try:
+        server.wait_ready()
+        count = build(server)
+        count.ok("supervisor", "POST", "/api/reports/snapshots", {"run_id": count.run_id, "name": "Before approval"})
+        count.ok("supervisor", "POST", f"/api/sessions/{count.submitted}/approve")
+        count.ok(
+            "supervisor",
+            "POST",
+            "/api/reports/snapshots",
+            {"run_id": count.run_id, "name": "After approval", "note": "Ground floor approved"},
+        )
+        url = server.url
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+            try:
+                page = _page(browser, server, "supervisor", LANDSCAPE)
+
+                def save(name: str, full_page: bool = True) -> None:
+                    page.evaluate("window.scrollTo(0, 0)")
+                    page.wait_for_timeout(300)
+                    page.screenshot(path=str(out / f"{name}.png"), full_page=full_page)
+                    made.append(out / f"{name}.png")
+
+                _open(page, f"{url}/#/reports/query")
+                page.click(".chips button[data-group='subcategory']")
+                page.click("#q-run")
+                page.wait_for_selector("#q-results tfoot tr.totals")
+                page.click("#q-results th button[data-sort='variance']")
+                page.wait_for_selector("#q-results th[aria-sort] button[data-sort='variance']")
+                save("reports-query")
+
+                _open(page, f"{url}/#/reports/compare")
+                page.click("#c-run")
+                page.wait_for_selector("#c-results")
+                page.click(".export-bar button[data-export='xlsx']")
+                page.wait_for_selector(".export-bar li[data-status='done'] a[data-download]", timeout=30000)
+                save("reports-compare")
+
+                _open(page, f"{url}/#/reports/audit")
+                page.select_option("#a-scope", count.run_id)
+                page.wait_for_selector("#audit-decisions tr[data-type='session.status_changed']")
+                save("reports-audit", full_page=False)
+            finally:
+                browser.close()
+    finally:
+        server.stop()
+    return made
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--handheld", action="store_true", help="the handheld page's screenshots instead")
     parser.add_argument("--scanners", action="store_true", help="the Scanners page and a station's screen instead")
+    parser.add_argument("--reports", action="store_true", help="the Reports page's Query, Compare and Audit instead")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.reports:
+        with tempfile.TemporaryDirectory() as tmp:
+            made = shoot_reports(args.out, Path(tmp))
+        for path in made:
+            print(path)
+        return
     if args.scanners:
         with tempfile.TemporaryDirectory() as tmp:
             made = shoot_scanners(args.out, Path(tmp))

@@ -29,7 +29,11 @@ def get_export(exports: ExportJobs, job_id: str) -> dict[str, Any]:
     return exports.get(job_id)
 
 
-@get("/api/exports/{job_id:str}/download", opt={"permission": "reports.read"}, sync_to_thread=True)
+@get(
+    "/api/exports/{job_id:str}/download",
+    opt={"permission": "reports.read", "token_in_query": True},
+    sync_to_thread=True,
+)
 def download_export(exports: ExportJobs, job_id: str) -> File:
     """404 EXPORT_NOT_FOUND for no such job (or a file cleaned up), 409 EXPORT_NOT_READY while it is
     queued or running, 409 EXPORT_FAILED when it failed."""

@@ -182,7 +182,11 @@ def get_snapshot(snapshot_id: str, box: Box) -> dict[str, Any]:
     return snapshots.get_snapshot(box.db.read(), snapshot_id)
 
 
-@get("/api/reports/snapshots/{snapshot_id:str}/export.csv", opt={"permission": "reports.read"}, media_type="text/csv")
+@get(
+    "/api/reports/snapshots/{snapshot_id:str}/export.csv",
+    opt={"permission": "reports.read", "token_in_query": True},  # a browser's plain link, with ?ticket=
+    media_type="text/csv",
+)
 async def snapshot_csv(snapshot_id: str, box: Box) -> Stream:
     """The whole snapshot as CSV, streamed as it is read: no size cap, and no file left on the box."""
     table = snapshots.as_table(box.db.read(), snapshot_id)  # refuses an unknown snapshot before streaming

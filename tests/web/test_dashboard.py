@@ -23,9 +23,9 @@ from tests.web.scenario import SPARE_VERIFIERS, CountScenario
 
 # Every page each role can reach from the navigation, plus the pages reached from within them.
 NAV = {
-    "supervisor": ["floor", "runs", "conflicts", "devices", "scanners"],
-    "admin": ["floor", "runs", "conflicts", "devices", "scanners", "people"],
-    "auditor": ["floor", "runs", "conflicts", "devices", "scanners", "people"],
+    "supervisor": ["floor", "runs", "conflicts", "devices", "scanners", "reports"],
+    "admin": ["floor", "runs", "conflicts", "devices", "scanners", "reports", "people"],
+    "auditor": ["floor", "runs", "conflicts", "devices", "scanners", "reports", "people"],
     "verifier": ["floor", "sessions"],
 }
 

@@ -118,6 +118,18 @@ def test_snapshot_compare_and_export_in_every_format_read_back_equal(count: Coun
         (r["sku"] or r["code"], r["diff"]) for r in diff["rows"]
     )
 
+    # The same comparison as CSV and as PDF: the csv module and a PDF text extractor read the same rows.
+    as_csv = list(csv.DictReader(io.StringIO(_export(count, {"format": "csv", "compare": spec}).decode("utf-8-sig"))))
+    assert sorted((r["SKU"] or r["Unmatched code"], int(r["Difference"])) for r in as_csv) == sorted(
+        (r["sku"] or r["code"], r["diff"]) for r in diff["rows"]
+    )
+    pdf = "\n".join(
+        p.extract_text() for p in PdfReader(io.BytesIO(_export(count, {"format": "pdf", "compare": spec}))).pages
+    )
+    for row in diff["rows"]:
+        assert (row["sku"] or row["code"]) in pdf
+    assert f"Added {diff['counts']['added']}" in pdf.replace(":", "") or str(diff["counts"]["added"]) in pdf
+
     # PDF of a query grouped by category, read by a PDF text extractor: the summary and every group.
     query = {"run_id": run_id, "group_by": ["category"]}
     grouped = count.ok("supervisor", "POST", "/api/reports/query", query)

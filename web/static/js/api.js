@@ -81,3 +81,17 @@ export function query(params) {
 }
 
 export const enc = encodeURIComponent;
+
+/** A file from the box, handed to the browser's own downloads: a plain link with a single-use stream
+ * ticket (the box takes ?ticket= on its download routes), so the browser streams it to disk however
+ * large it is, rather than the page holding it in memory. */
+export async function download(path, filename) {
+  const { ticket } = await post("/api/events/ticket");
+  const link = document.createElement("a");
+  link.href = `${path}${path.includes("?") ? "&" : "?"}ticket=${encodeURIComponent(ticket)}`;
+  link.download = filename || "";
+  link.hidden = true;
+  document.body.append(link);
+  link.click();
+  link.remove();
+}

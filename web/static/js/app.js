@@ -18,6 +18,8 @@ const PAGES = [
   { name: "devices", label: "Devices", pattern: /^devices$/, load: () => import("./views/devices.js"), show: (ctx) => ctx.can("devices.read") },
   { name: "scanners", label: "Scanners", pattern: /^scanners$/, load: () => import("./views/scanners.js"), show: (ctx) => ctx.can("scanners.read") },
   { name: "station", pattern: /^station\/([^/]+)$/, load: () => import("./views/station.js"), show: (ctx) => ctx.can("stations.view"), nav: "scanners" },
+  { name: "reports", label: "Reports", pattern: /^reports(?:\/([^/]+))?(?:\/([^/]+))?$/, load: () => import("./views/reports.js"), show: (ctx) => ctx.can("reports.read") },
+  { name: "hq-reports", label: "HQ reports", pattern: /^hq-reports(?:\/([^/]+))?(?:\/([^/]+))?$/, load: () => import("./views/hq_reports.js"), show: (ctx) => ctx.can("hq.stores.read") && ctx.hq },
   { name: "people", label: "People", pattern: /^people$/, load: () => import("./views/people.js"), show: (ctx) => ctx.can("users.read") },
 ];
 
@@ -38,9 +40,23 @@ const live = new LiveFeed((state) => {
 
 watchDisk(document.getElementById("disk-banner"));
 
-function makeContext(me) {
+function makeContext(me, hq = false) {
   const permissions = new Set(me.permissions || []);
-  return { me, live, main, can: (permission) => permissions.has(permission), go: (hash) => (location.hash = hash) };
+  return { me, hq, live, main, can: (permission) => permissions.has(permission), go: (hash) => (location.hash = hash) };
+}
+
+/** The person and, for one who may read HQ's stores, whether this box is HQ (its health says its role:
+ * asked there rather than of /api/hq/stores, which a store box answers with a 404). */
+async function whoIsIn() {
+  const me = await get("/api/auth/me");
+  if (!(me.permissions || []).includes("hq.stores.read")) return makeContext(me);
+  let hq = false;
+  try {
+    hq = (await get("/api/health")).role === "hq";
+  } catch {
+    hq = false;
+  }
+  return makeContext(me, hq);
 }
 
 async function boot() {
@@ -49,7 +65,7 @@ async function boot() {
   window.addEventListener("hashchange", route);
   if (!token()) return showLogin();
   try {
-    ctx = makeContext(await get("/api/auth/me"));
+    ctx = await whoIsIn();
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) return showLogin();
     return showLogin(describeError(error));
@@ -109,7 +125,7 @@ function showLogin(message = "") {
     try {
       const answer = await post("/api/auth/login", { username: user.value, password: pass.value });
       setToken(answer.token);
-      ctx = makeContext(await get("/api/auth/me"));
+      ctx = await whoIsIn();
       // replaceState, not location.hash: the route is drawn once, by enter(), not again on hashchange.
       if (!location.hash || location.hash === "#/") history.replaceState(null, "", `#/${home(ctx)}`);
       enter();
