@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import httpx
 import pytest
 
+from appliance.auth.people import User
 from appliance.box import Box, open_box
 from appliance.settings import Settings, load_settings
 
@@ -57,6 +58,17 @@ def launch_chromium() -> Iterator[Any]:
             yield launched
         finally:
             launched.close()
+
+
+def person(box: Box, username: str) -> User:
+    """A person of the store as the domain takes them (the actor of a command), by username."""
+    row = (
+        box.db.read()
+        .execute("SELECT user_id, username, display_name, role FROM users WHERE username = ?", (username,))
+        .fetchone()
+    )
+    assert row is not None, f"no person {username!r} in this store"
+    return User(row["user_id"], row["username"], row["display_name"], row["role"])
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:

@@ -25,7 +25,7 @@ _SESSION_PRODUCT_QTY = """
 # damage per (session, product, writer) with no rack: the rule of ``approved_counts`` in SQL (a recount
 # counts only its own products, and where the latest approved recount covers a product only it counts),
 # for the rollup's racks and for every report (``appliance.reports.facts``).
-APPROVED_FACTS = """
+_APPROVED_RULE = """
 WITH approved AS (
     SELECT session_id, kind, created_hlc, verifier_id FROM sessions WHERE run_id = :run_id AND status = 'APPROVED'
 ),
@@ -53,25 +53,42 @@ damaged AS (
     FROM counted_damage d JOIN approved a ON a.session_id = d.session_id
     GROUP BY d.session_id, d.writer_id, d.product_id
 ),
-facts AS (SELECT * FROM scans UNION ALL SELECT * FROM damaged)
-SELECT f.session_id, a.verifier_id, u.display_name AS verifier, f.writer_id, w.name AS device,
+counted AS (
+    SELECT f.*, a.verifier_id FROM (SELECT * FROM scans UNION ALL SELECT * FROM damaged) f
+    JOIN approved a ON a.session_id = f.session_id
+    WHERE (f.qty != 0 OR f.damage != 0)
+      -- A recount counts only its own products; a product it covers counts only there.
+      AND (a.kind != 'recount'
+           OR f.product_id IN (SELECT product_id FROM recount_scope rs WHERE rs.session_id = f.session_id))
+      AND NOT EXISTS (
+          SELECT 1 FROM latest_recount lr WHERE lr.product_id = f.product_id AND lr.session_id != f.session_id
+      )
+)
+"""
+APPROVED_FACTS = (
+    _APPROVED_RULE
+    + """
+SELECT f.session_id, f.verifier_id, u.display_name AS verifier, f.writer_id, w.name AS device,
        fl.code AS floor, nullif(f.rack_id, '') AS rack_id, r.code AS rack, f.product_id, p.sku, p.name,
        p.category, p.subcategory, cond.value AS condition, f.code, f.qty, f.damage
-FROM facts f
-JOIN approved a ON a.session_id = f.session_id
-LEFT JOIN users u ON u.user_id = a.verifier_id
+FROM counted f
+LEFT JOIN users u ON u.user_id = f.verifier_id
 LEFT JOIN writers w ON w.writer_id = f.writer_id
 LEFT JOIN racks r ON r.rack_id = f.rack_id
 LEFT JOIN floors fl ON fl.floor_id = r.floor_id
 LEFT JOIN products p ON p.product_id = f.product_id
 LEFT JOIN item_attrs cond ON cond.session_id = f.session_id AND cond.product_id = f.product_id
                          AND cond.name = 'condition'
-WHERE (f.qty != 0 OR f.damage != 0)
-  -- A recount counts only its own products; a product it covers counts only there.
-  AND (a.kind != 'recount'
-       OR f.product_id IN (SELECT product_id FROM recount_scope rs WHERE rs.session_id = f.session_id))
-  AND NOT EXISTS (SELECT 1 FROM latest_recount lr WHERE lr.product_id = f.product_id AND lr.session_id != f.session_id)
 """
+)
+# Units per rack under the same rule, without what a report shows beside them.
+_APPROVED_RACK_UNITS = (
+    _APPROVED_RULE
+    + """
+SELECT rack_id, CAST(total(qty) AS INTEGER) FROM counted
+WHERE product_id IS NOT NULL AND rack_id != '' GROUP BY rack_id
+"""
+)
 LIVE = ("CREATED", "ASSIGNED", "IN_PROGRESS", "SUBMITTED", "APPROVED")
 
 
@@ -216,11 +233,7 @@ def run_rollup(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
         for r in conn.execute(f"SELECT DISTINCT rack_id FROM session_racks WHERE session_id IN ({marks})", approved)
     }
     rack_units: dict[str, int] = defaultdict(int)
-    for row in conn.execute(
-        f"SELECT rack_id, CAST(total(qty) AS INTEGER) FROM ({APPROVED_FACTS})"
-        " WHERE product_id IS NOT NULL AND rack_id IS NOT NULL GROUP BY rack_id",
-        {"run_id": run_id},
-    ):
+    for row in conn.execute(_APPROVED_RACK_UNITS, {"run_id": run_id}):
         rack_units[row[0]] += row[1]
         done_racks.add(row[0])
 

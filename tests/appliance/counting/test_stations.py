@@ -24,7 +24,7 @@ from appliance.store.eventlog import rebuild, verify_writer_chain, version_vecto
 from appliance.store.identity import public_bytes
 from hardware.udev import ScannerDevice, ScannerKind
 from replication.wire.hlc import wall_ms
-from tests.conftest import make_settings
+from tests.conftest import make_settings, person
 
 ZEBRA = ScannerDevice(
     ScannerKind.HID,
@@ -82,20 +82,11 @@ class Store:
         return dict(rows)
 
 
-def _user(box: Box, username: str) -> User:
-    row = (
-        box.db.read()
-        .execute("SELECT user_id, username, display_name, role FROM users WHERE username = ?", (username,))
-        .fetchone()
-    )
-    return User(row["user_id"], row["username"], row["display_name"], row["role"])
-
-
 @pytest.fixture
 def store(settings: Settings) -> Iterator[Store]:
     box = open_box(settings)
     seed_demo(box)
-    supervisor, verifier = _user(box, "supervisor"), _user(box, "verifier")
+    supervisor, verifier = person(box, "supervisor"), person(box, "verifier")
 
     def plan(conn: Any) -> tuple[str, str]:
         run_id = runs.create_run(conn, box.log, supervisor, name="Back room", kind="hard")

@@ -19,7 +19,7 @@ from appliance.demo.seed import seed_demo
 from appliance.errors import StockVerifyError, ValidationFailed
 from appliance.reports import count_sheets
 from appliance.settings import Settings
-from tests.conftest import DEMO_PASSWORDS, ServerProcess
+from tests.conftest import DEMO_PASSWORDS, ServerProcess, person
 
 HEADER = ["rack", "sku", "barcode", "name", "uom", "counted", "damaged"]
 
@@ -47,20 +47,11 @@ class Store:
         )
 
 
-def _user(box: Box, username: str) -> User:
-    row = (
-        box.db.read()
-        .execute("SELECT user_id, username, display_name, role FROM users WHERE username = ?", (username,))
-        .fetchone()
-    )
-    return User(row["user_id"], row["username"], row["display_name"], row["role"])
-
-
 @pytest.fixture
 def store(settings: Settings) -> Iterator[Store]:
     box = open_box(settings)
     seed_demo(box)
-    supervisor, verifier = _user(box, "supervisor"), _user(box, "verifier")
+    supervisor, verifier = person(box, "supervisor"), person(box, "verifier")
     conn = box.db.read()
     skus = [r[0] for r in conn.execute("SELECT sku FROM products ORDER BY sku LIMIT 3")]
     scanned_sku = conn.execute("SELECT sku FROM products ORDER BY sku DESC LIMIT 1").fetchone()[0]

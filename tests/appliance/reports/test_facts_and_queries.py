@@ -27,7 +27,7 @@ from appliance.replica import store as replicas
 from appliance.reports import audit, compare, facts, query, snapshots
 from appliance.store.eventlog import rebuild, version_vector
 from replication.wire.codec import pack, unpack
-from tests.conftest import make_settings
+from tests.conftest import make_settings, person
 
 
 @dataclass
@@ -42,20 +42,11 @@ class Count:
         return query.run_query(self.box.db.read(), query.Spec(**{"run_id": self.run_id, **spec}))
 
 
-def _user(box: Box, username: str) -> User:
-    row = (
-        box.db.read()
-        .execute("SELECT user_id, username, display_name, role FROM users WHERE username = ?", (username,))
-        .fetchone()
-    )
-    return User(*row)
-
-
 @pytest.fixture(scope="module")
 def count(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Count]:
     box = open_box(make_settings(tmp_path_factory.mktemp("reports") / "box"))
     seed_demo(box)
-    supervisor, vani = _user(box, "supervisor"), _user(box, "verifier")
+    supervisor, vani = person(box, "supervisor"), person(box, "verifier")
     hasher = people.Passwords(1024, 1)
     meera = box.db.write(
         lambda c: people.add_user(c, box.log, "meera", "Meera", "verifier", hasher.hash("m-pass-1234"))
@@ -225,7 +216,7 @@ def test_a_snapshot_keeps_the_facts_as_they_were_and_compares_with_the_run_now(c
     assert same["counts"]["same"] == len({(r["rack_id"], r["product_id"], r["code"]) for r in rows})
     assert same["rows"] == [] and same["counts"]["added"] == same["counts"]["changed"] == 0
 
-    ravi = _user(box, "ravi")
+    ravi = person(box, "ravi")
     box.db.write(lambda c: sessions.approve_session(c, box.log, count.supervisor, count.sessions["ravi"]))
     assert snapshots.snapshot_rows(box.db.read(), snap["snapshot_id"]) == rows  # unchanged
     after = compare.compare(
@@ -254,7 +245,7 @@ def test_a_snapshot_keeps_the_facts_as_they_were_and_compares_with_the_run_now(c
 def test_two_snapshots_compare_per_product_and_rack_with_filters_and_order(count: Count) -> None:
     box = count.box
     first = box.db.write(lambda c: snapshots.take(c, box.log, count.supervisor, count.run_id, "First"))
-    vani = _user(box, "verifier")
+    vani = person(box, "verifier")
     # A second recount of the same product, later, replaces the first recount: 6 becomes 4.
     p = count.products
 

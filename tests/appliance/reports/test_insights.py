@@ -29,7 +29,7 @@ from appliance.demo.seed import seed_demo
 from appliance.errors import StockVerifyError
 from appliance.reports import facts, insights
 from replication.wire.hlc import wall_ms
-from tests.conftest import make_settings
+from tests.conftest import make_settings, person
 
 TTL_MS = 10 * 60_000
 
@@ -48,15 +48,6 @@ class Count:
         return insights.insight(self.box.db.read(), kind, None if every_run else self.run_id)
 
 
-def _user(box: Box, username: str) -> User:
-    row = (
-        box.db.read()
-        .execute("SELECT user_id, username, display_name, role FROM users WHERE username = ?", (username,))
-        .fetchone()
-    )
-    return User(*row)
-
-
 @pytest.fixture(scope="module")
 def count(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Count]:
     box = open_box(make_settings(tmp_path_factory.mktemp("insights") / "box"))
@@ -68,7 +59,7 @@ def count(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Count]:
         now[0] = t0 + seconds * 1000
 
     seed_demo(box)
-    supervisor, vani = _user(box, "supervisor"), _user(box, "verifier")
+    supervisor, vani = person(box, "supervisor"), person(box, "verifier")
     hasher = people.Passwords(1024, 1)
 
     def add_verifiers(c: Any) -> None:
@@ -76,7 +67,7 @@ def count(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Count]:
             people.add_user(c, box.log, name, name.title(), "verifier", hasher.hash(f"{name}-pass-1234"))
 
     box.db.write(add_verifiers)
-    users = {"vani": vani, **{name: _user(box, name) for name in ("meera", "ravi", "asha")}}
+    users = {"vani": vani, **{name: person(box, name) for name in ("meera", "ravi", "asha")}}
     conn = box.db.read()
     p = [
         dict(row)
@@ -286,7 +277,7 @@ def test_scans_under_a_lease_that_passed_on_are_late(box: Box) -> None:
     """Vani scans 4 units under her first lease on G-01; a supervisor force-releases the rack and she
     claims it again: those 4 of her 20 units were made under a lease that had passed on (late_lease)."""
     seed_demo(box)
-    supervisor, vani = _user(box, "supervisor"), _user(box, "verifier")
+    supervisor, vani = person(box, "supervisor"), person(box, "verifier")
     code = box.db.read().execute("SELECT substr(min(code), 2) FROM product_codes WHERE kind = 'ean13'").fetchone()[0]
 
     def plan(c: Any) -> tuple[str, str]:
@@ -386,7 +377,7 @@ def test_every_insight_is_a_table_and_bad_asks_are_refused(count: Count) -> None
 
 def test_insights_over_http_for_oversight_only(count: Count) -> None:
     box = count.box
-    supervisor, vani = _user(box, "supervisor"), _user(box, "verifier")
+    supervisor, vani = person(box, "supervisor"), person(box, "verifier")
 
     def issue(c: Any) -> dict[str, str]:
         return {u.username: people.issue_token(c, u.user_id, 600)[0] for u in (supervisor, vani)}
