@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from appliance.errors import Conflict, NotFound, StockVerifyError, ValidationFailed
-from appliance.reports.exports import write_csv, write_pdf, write_xlsx
+from appliance.reports.exports import write_csv, write_xlsx
+from appliance.reports.pdf import write_pdf
 from appliance.reports.table import Table
 from appliance.store.db import Database, connect
 from appliance.store.eventlog import new_id

@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from appliance.reports import exports
+from appliance.reports import exports, pdf
 from appliance.reports.table import Chart, Column, Table
 
 LARGE_ROWS = 100_000
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         base_large = statistics.median(baseline(large) for _ in range(RUNS))
         base_small = statistics.median(baseline(small) for _ in range(RUNS))
         csv_s = statistics.median(timed(exports.write_csv, large, root / "large.csv") for _ in range(RUNS))
-        pdf_s = statistics.median(timed(exports.write_pdf, small, root / "small.pdf") for _ in range(RUNS))
+        pdf_s = statistics.median(timed(pdf.write_pdf, small, root / "small.pdf") for _ in range(RUNS))
         base_child_s, base_rss = in_child("baseline", args.large, root / "none")
         xlsx_s, xlsx_rss = in_child("xlsx", args.large, root / "large.xlsx")
         children_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

@@ -16,7 +16,7 @@ import pytest
 from openpyxl.worksheet._writer import ALL_TEMP_FILES
 from pypdf import PdfReader
 
-from appliance.reports import exports
+from appliance.reports import exports, pdf
 from appliance.reports.table import Chart, Column, Table
 
 ROWS = 10_000
@@ -157,7 +157,7 @@ def test_xlsx_freezes_the_header_and_sizes_the_columns(tmp_path: Path) -> None:
     assert sheet["F2"].number_format == "yyyy-mm-dd h:mm:ss"
 
 
-@pytest.mark.parametrize("write", [exports.write_csv, exports.write_xlsx, exports.write_pdf])
+@pytest.mark.parametrize("write", [exports.write_csv, exports.write_xlsx, pdf.write_pdf])
 def test_a_report_failing_half_way_leaves_no_temporary_files(tmp_path: Path, write: Any) -> None:
     def produce() -> Iterator[dict[str, Any]]:
         yield from (make_row(i) for i in range(3_000))
@@ -177,7 +177,7 @@ def pdf_text(path: Path) -> list[str]:
 def test_pdf_reads_back_with_pypdf(tmp_path: Path) -> None:
     path = tmp_path / "counts.pdf"
     seen: list[int] = []
-    exports.write_pdf(counts_table(), path, seen.append)
+    pdf.write_pdf(counts_table(), path, seen.append)
     assert seen[-1] == ROWS
     pages = pdf_text(path)
 
@@ -188,7 +188,7 @@ def test_pdf_reads_back_with_pypdf(tmp_path: Path) -> None:
     body = "\n".join(pages[1:])
     for i in (0, 1, 4, 5, 123, 5_000, 9_994, 9_999):
         row = make_row(i)
-        cells = [row["sku"], exports.printable(row["name"]), row["category"], f"{row['qty']:,}", f"{row['damage']:,}"]
+        cells = [row["sku"], pdf.printable(row["name"]), row["category"], f"{row['qty']:,}", f"{row['damage']:,}"]
         line = "\n".join(cell for cell in cells if cell)
         assert line in body, (i, line)
     assert "Café crème" in body
@@ -219,7 +219,7 @@ def test_the_pdf_chart_sums_its_value_per_label(tmp_path: Path) -> None:
         chart=Chart("Most damaged racks", label="rack", value="damage", top=2),
     )
     path = tmp_path / "racks.pdf"
-    exports.write_pdf(table, path)
+    pdf.write_pdf(table, path)
     chart = pdf_text(path)[-1]
     assert "300" in chart  # R-003: 100 rows of 3
     assert "200" in chart  # R-002
@@ -230,14 +230,14 @@ def test_the_pdf_chart_sums_its_value_per_label(tmp_path: Path) -> None:
 def test_pdf_with_many_columns_is_landscape(tmp_path: Path) -> None:
     columns = [*COLUMNS, Column("rack", "Rack"), Column("floor", "Floor")]
     path = tmp_path / "wide.pdf"
-    exports.write_pdf(counts_table(rows=100, columns=columns), path)
+    pdf.write_pdf(counts_table(rows=100, columns=columns), path)
     box = PdfReader(path).pages[1].mediabox
     assert box.width > box.height
 
 
 def test_pdf_of_no_rows_says_so(tmp_path: Path) -> None:
     path = tmp_path / "empty.pdf"
-    exports.write_pdf(counts_table(rows=0), path)
+    pdf.write_pdf(counts_table(rows=0), path)
     pages = pdf_text(path)
     assert "No rows" in pages[1]
     assert "Nothing to chart" in pages[2]
@@ -245,12 +245,12 @@ def test_pdf_of_no_rows_says_so(tmp_path: Path) -> None:
 
 def test_pdf_without_dejavu_falls_back_to_helvetica(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A box without fonts-dejavu-core still writes every PDF: Helvetica, with what it cannot show as "?"."""
-    monkeypatch.setattr(exports, "DEJAVU", tmp_path / "no-fonts")
-    exports._fonts.cache_clear()
+    monkeypatch.setattr(pdf, "DEJAVU", tmp_path / "no-fonts")
+    pdf._fonts.cache_clear()
     try:
-        assert exports.printable("Café — Ωmega дал दाल") == "Café — ?mega ??? ???"
+        assert pdf.printable("Café — Ωmega дал दाल") == "Café — ?mega ??? ???"
         path = tmp_path / "helvetica.pdf"
-        exports.write_pdf(counts_table(rows=300), path)
+        pdf.write_pdf(counts_table(rows=300), path)
         reader = PdfReader(path)
         fonts = reader.pages[1]["/Resources"]["/Font"].get_object()  # type: ignore[index]
         assert {str(font.get_object()["/BaseFont"]) for font in fonts.values()} == {"/Helvetica", "/Helvetica-Bold"}
@@ -258,7 +258,7 @@ def test_pdf_without_dejavu_falls_back_to_helvetica(tmp_path: Path, monkeypatch:
         assert "Café crème" in body
         assert "???" in body
     finally:
-        exports._fonts.cache_clear()
+        pdf._fonts.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -271,7 +271,7 @@ def test_pdf_without_dejavu_falls_back_to_helvetica(tmp_path: Path, monkeypatch:
     ],
 )
 def test_pdf_text_never_holds_what_the_font_cannot_show(text: str, shown: str) -> None:
-    assert exports.printable(text) == shown
+    assert pdf.printable(text) == shown
 
 
 def test_values_are_read_by_their_columns_kind() -> None:
