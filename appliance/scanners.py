@@ -471,7 +471,8 @@ class ScannerService:
     def reconfigured(self, writer_id: str) -> None:
         """The scanner's layout, suffix or baud changed: its reader is opened again with them."""
         plugged = self.plugged.get(writer_id)
-        if plugged is not None:
+        # Only for a real change: reopening drops a code being typed at that moment.
+        if plugged is not None and self._settings_of(plugged) != plugged.settings:
             plugged.reopen.set()
 
     def status(self, writer_id: str) -> dict[str, Any] | None:

@@ -185,7 +185,8 @@ def configure(conn: sqlite3.Connection, log: EventLog, actor: User, scanner_id: 
             KeyDecoder(layout, variant)
         except ValueError as exc:
             raise ValidationFailed(str(exc), details={"field": "layout"}) from None
-    log.record(conn, "scanner.configured", {"writer_id": scanner_id, **wanted, "by": actor.user_id})
+    if any(scanner[k] != v for k, v in wanted.items()):  # the same settings again change nothing
+        log.record(conn, "scanner.configured", {"writer_id": scanner_id, **wanted, "by": actor.user_id})
     return scanner_dict(conn, get_scanner(conn, scanner_id))
 
 

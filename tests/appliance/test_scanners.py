@@ -260,8 +260,12 @@ def test_a_scanner_typing_in_another_layout_than_the_box_reads_is_pointed_out(
     client = station["supervisor"]
     box.plug("zebra_ds2208_hid")
     writer_id = reading(client, box, "zebra_ds2208_hid")["writer_id"]
-    configure(client, writer_id, layout="fr")
-    until(lambda: reading(client, box, "zebra_ds2208_hid")["live"]["opened_with"]["layout"] == "fr", "read as fr")
+    for layout in ("us", "fr"):  # from another layout, so the reader is seen to reopen in French
+        configure(client, writer_id, layout=layout)
+        until(
+            lambda lay=layout: reading(client, box, "zebra_ds2208_hid")["live"]["opened_with"]["layout"] == lay,
+            f"read as {layout}",
+        )
     box.type("zebra_ds2208_hid", f"{EAN13}\r", layout="us")  # the scanner itself is set to US
     row = until(
         lambda: (r := scanners(client)[box.devnodes["zebra_ds2208_hid"]])["live"]["recent"] and r, "the code read"
