@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -80,19 +80,7 @@ class Result:
     event_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "read_at": self.read_at,
-            "outcome": self.outcome,
-            "counted_as": self.counted_as,
-            "product_id": self.product_id,
-            "session_id": self.session_id,
-            "rack_id": self.rack_id,
-            "reason": self.reason,
-            "message": self.message,
-            "fields": self.fields,
-            "event_id": self.event_id,
-        }
+        return asdict(self)
 
 
 def scanner_key(node_key: Ed25519PrivateKey, writer_id: str) -> Ed25519PrivateKey:

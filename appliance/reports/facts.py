@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from appliance.counting import rollups
+from replication.wire.codec import unpack
 
 FIELDS = (
     "session_id",
@@ -70,8 +71,6 @@ def expected(conn: sqlite3.Connection, run_id: str) -> dict[str, tuple[str, int]
 def included_sessions(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
     """The sessions a report of the run counts (the approved ones), with who counted them and the
     version vector each was closed at: what a snapshot says it was made of."""
-    import msgpack
-
     out = []
     for row in conn.execute(
         "SELECT s.session_id, s.kind, s.verifier_id, u.display_name, s.closed_vector FROM sessions s"
@@ -79,6 +78,6 @@ def included_sessions(conn: sqlite3.Connection, run_id: str) -> list[dict[str, A
         " ORDER BY s.created_hlc, s.session_id",
         (run_id,),
     ):
-        vector = msgpack.unpackb(row[4]) if row[4] else {}
+        vector = unpack(row[4]) if row[4] else {}
         out.append({"session_id": row[0], "kind": row[1], "verifier_id": row[2], "verifier": row[3], "vector": vector})
     return out

@@ -130,6 +130,12 @@ def _source(spec: Spec) -> tuple[str, dict[str, Any]]:
     return with_clause, params
 
 
+def check(conn: sqlite3.Connection, spec: Spec) -> None:
+    """What ``run_query`` refuses, without running it: an export checks its query before queueing it."""
+    spec.check()
+    _check_source(conn, spec)
+
+
 def _check_source(conn: sqlite3.Connection, spec: Spec) -> None:
     if spec.snapshot_id is not None:
         if conn.execute("SELECT 1 FROM report_snapshots WHERE snapshot_id = ?", (spec.snapshot_id,)).fetchone() is None:
@@ -167,8 +173,7 @@ def run_query(conn: sqlite3.Connection, spec: Spec) -> dict[str, Any]:
     """Groups with their totals (``qty``, ``damage``, ``lines``: distinct products or codes; and where
     the groups are whole products, ``expected`` and ``variance``), the grand totals, and the number of
     groups before ``limit``."""
-    spec.check()
-    _check_source(conn, spec)
+    check(conn, spec)
     groups = _all_groups(conn, spec)
     total = {
         "qty": sum(g["qty"] for g in groups),

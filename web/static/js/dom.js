@@ -70,11 +70,23 @@ function summariseDetails(details) {
 
 /**
  * A modal form. ``fields``: [{name, label, type ("text", "number", "select", "textarea", "date",
- * "password"), options: [[value, label]], required, value, hint}]. ``submit(values)`` runs the action;
- * if it throws, the error is shown in the dialog and it stays open. Resolves with the action's result,
- * or null when cancelled. Focus returns to the control that opened it.
+ * "password"), options: [[value, label]], required, value, hint}]; ``body``: controls the caller made
+ * itself, after the fields (a rack list that follows a chosen session, say); ``blocked``: nothing to
+ * submit yet. ``submit(values)`` runs the action; if it throws, the error is shown in the dialog and it
+ * stays open. Resolves with the action's result, or null when cancelled. Focus returns to the control
+ * that opened it.
  */
-export function formDialog({ title, intro, fields = [], submitLabel = "Save", danger = false, submit, permission }) {
+export function formDialog({
+  title,
+  intro,
+  fields = [],
+  body = null,
+  submitLabel = "Save",
+  danger = false,
+  blocked = false,
+  submit,
+  permission,
+}) {
   return new Promise((resolve) => {
     const opener = document.activeElement;
     const errorBox = h("p", { class: "error-text", role: "alert" });
@@ -112,7 +124,7 @@ export function formDialog({ title, intro, fields = [], submitLabel = "Save", da
     });
     const confirm = h(
       "button",
-      { type: "submit", class: danger ? "danger" : "", dataset: { action: permission || "dialog" } },
+      { type: "submit", class: danger ? "danger" : "", disabled: blocked, dataset: { action: permission || "dialog" } },
       submitLabel,
     );
     const cancel = h("button", { type: "button", class: "ghost" }, "Cancel");
@@ -122,6 +134,7 @@ export function formDialog({ title, intro, fields = [], submitLabel = "Save", da
       h("h2", {}, title),
       intro ? (intro instanceof Node ? intro : h("p", {}, intro)) : null,
       rows,
+      body,
       errorBox,
       h("div", { class: "actions" }, cancel, confirm),
     );
@@ -152,8 +165,7 @@ export function formDialog({ title, intro, fields = [], submitLabel = "Save", da
     });
     document.body.append(dialog);
     dialog.showModal();
-    const first = Object.values(inputs)[0];
-    (first || confirm).focus();
+    (form.querySelector("input, select, textarea") || confirm).focus();
   });
 }
 

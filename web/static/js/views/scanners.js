@@ -4,7 +4,7 @@
 // (kept), which a supervisor counts into a session or sets aside with a reason.
 
 import { enc, get, patch, post, put, request } from "../api.js";
-import { action, ago, clear, describeError, fill, h, statusBadge, table, throttle, toast, when } from "../dom.js";
+import { action, ago, clear, describeError, fill, formDialog, h, statusBadge, table, throttle, toast, when } from "../dom.js";
 
 const OPEN_SESSION = new Set(["ASSIGNED", "IN_PROGRESS"]);
 const OUTCOME_BADGE = { counted: "ok", held: "warn", kept: "bad", test: "info" };
@@ -175,48 +175,6 @@ function stationPicker(sessions, current) {
     empty: !sessions.length,
     values: () => ({ session_id: sessionSelect.value, rack_id: rackSelect.value }),
   };
-}
-
-/** A modal like ``formDialog``, with controls made by the caller (a rack list that follows the session). */
-function dialog({ title, intro, body, submitLabel, danger = false, permission, submit, blocked = false }) {
-  return new Promise((resolve) => {
-    const opener = document.activeElement;
-    const errorBox = h("p", { class: "error-text", role: "alert", dataset: { dialogError: "" } });
-    const confirm = h("button", { type: "submit", class: danger ? "danger" : "", disabled: blocked, dataset: { action: permission || "dialog" } }, submitLabel);
-    const cancel = h("button", { type: "button", class: "ghost" }, "Cancel");
-    const form = h(
-      "form",
-      { method: "dialog" },
-      h("h2", {}, title),
-      intro ? (intro instanceof Node ? intro : h("p", {}, intro)) : null,
-      body,
-      errorBox,
-      h("div", { class: "actions" }, cancel, confirm),
-    );
-    const element = h("dialog", { "aria-label": title }, form);
-    let result = null;
-    element.addEventListener("close", () => {
-      element.remove();
-      if (opener && opener.isConnected) opener.focus();
-      resolve(result);
-    });
-    cancel.addEventListener("click", () => element.close());
-    form.addEventListener("submit", async (event) => {
-      event.preventDefault();
-      confirm.disabled = true;
-      errorBox.textContent = "";
-      try {
-        result = (await submit()) ?? true;
-        element.close();
-      } catch (error) {
-        errorBox.textContent = describeError(error);
-        confirm.disabled = false;
-      }
-    });
-    document.body.append(element);
-    element.showModal();
-    (form.querySelector("input, select, textarea") || confirm).focus();
-  });
 }
 
 function requireChoice(values) {
@@ -489,7 +447,7 @@ export async function render(ctx) {
     }
     const picker = stationPicker(sessions, scanner.station);
     await picker.ready;
-    const done = await dialog({
+    const done = await formDialog({
       title: `Assign ${scanner.name} to a station`,
       intro: "Each code it reads counts in this session and rack, in the session verifier's name, under the session's rules.",
       body: picker.element,
@@ -530,7 +488,7 @@ export async function render(ctx) {
 
   async function testDialog(scanner) {
     const minutes = h("input", { id: "test-minutes", name: "minutes", type: "number", min: 1, max: 30, step: 1, value: "5", required: true });
-    const done = await dialog({
+    const done = await formDialog({
       title: `Test ${scanner.name}`,
       intro: "For the minutes you choose, what the scanner reads is shown on this page and counted nowhere: to check its layout and suffix.",
       body: [h("label", { for: "test-minutes" }, "Minutes (1 to 30)"), minutes],
@@ -573,7 +531,7 @@ export async function render(ctx) {
       h("label", { for: "set-suffix" }, "Suffix (what ends each code)"),
       suffix,
     ];
-    const done = await dialog({
+    const done = await formDialog({
       title: `Settings of ${scanner.name}`,
       intro: scanner.on_this_box ? "A change to how it is read reopens the scanner with the new settings." : "The scanner is read by another box; the change reaches it.",
       body,
@@ -612,7 +570,7 @@ export async function render(ctx) {
     }
     const picker = stationPicker(sessions, null);
     await picker.ready;
-    const done = await dialog({
+    const done = await formDialog({
       title: `Count ${rows.length} kept code${rows.length === 1 ? "" : "s"} into a session`,
       intro: `${rows.map((row) => row.code).slice(0, 8).join(", ")}${rows.length > 8 ? "…" : ""}: counted in the session's verifier's name, under its rules. All or none: if the session would not take one, none is counted.`,
       body: picker.element,
@@ -632,7 +590,7 @@ export async function render(ctx) {
     const rows = chosenKept();
     if (!rows.length) return;
     const reason = h("textarea", { id: "aside-reason", name: "reason", required: true });
-    const done = await dialog({
+    const done = await formDialog({
       title: `Set aside ${rows.length} kept code${rows.length === 1 ? "" : "s"}`,
       intro: "They are counted nowhere; the decision and its reason stay in the log.",
       body: [h("label", { for: "aside-reason" }, "Reason (kept in the log)"), reason],
